@@ -1,0 +1,36 @@
+"""Backends: one module each, behind one protocol (:mod:`edgekit.backends.base`).
+
+A backend module imports its runtime (torch, onnxruntime, tensorrt) inside its
+functions only, so listing targets and ``--help`` stay light, and the runtime
+install can open ONNX Runtime artifacts without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from edgekit.backends.base import Backend, BuildContext, BuildResult, Runner
+from edgekit.errors import EdgekitError
+
+#: backend name -> module path (each module defines ``BACKEND``).
+BACKENDS = {
+    "pytorch": "edgekit.backends.pytorch",
+    "onnxruntime": "edgekit.backends.onnxruntime",
+    "torchscript": "edgekit.backends.torchscript",
+    "tensorrt": "edgekit.backends.tensorrt",
+}
+
+
+def get_backend(name: str, where: str = "") -> Backend:
+    """Return the backend object named ``name``.
+
+    Raises:
+        EdgekitError: unknown backend.
+    """
+    if name not in BACKENDS:
+        prefix = f"{where}: " if where else ""
+        raise EdgekitError(f"{prefix}unknown backend {name!r}", f"use one of {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name]).BACKEND
+
+
+__all__ = ["BACKENDS", "Backend", "BuildContext", "BuildResult", "Runner", "get_backend"]

@@ -1,0 +1,206 @@
+"""The protocol every backend implements: a builder and a runner.
+
+Modelled on Polygraphy's split of loaders and runners: a *builder* turns the
+exported ONNX (or the checkpoint) into one artifact file; a *runner* loads that
+artifact and maps a float32 [N, C, H, W] batch to float32 [N, classes] logits.
+The harness only ever talks to :class:`Runner`, never to a backend directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+
+class Runner(Protocol):
+    """A loaded artifact.
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda"``.
+        batch_range: ``(min, max)`` batch sizes the artifact accepts; ``max`` None
+            means unbounded.
+    """
+
+    device: str
+    batch_range: tuple[int, int | None]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """float32 [N, C, H, W] (C-contiguous) -> float32 [N, classes] logits."""
+
+    def close(self) -> None:
+        """Release the session/engine and its memory."""
+
+
+@dataclass
+class BuildResult:
+    """What a builder wrote into the artifact directory.
+
+    Attributes:
+        artifact: file name of the main artifact.
+        io: input/output description for the manifest (see :func:`make_manifest`).
+        calibration: the calibration record, for quantized targets.
+        extra: backend-specific manifest fields.
+    """
+
+    artifact: str
+    io: dict
+    calibration: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class BuildContext:
+    """Everything a builder may need; heavy parts are loaded on demand.
+
+    Attributes:
+        onnx_path: the exported FP32 ONNX model.
+        checkpoint_path: the edgekit checkpoint the ONNX came from (for the
+            PyTorch-side targets); None when only an ONNX file was given.
+        preprocess: :class:`edgekit.preprocess.Preprocess` of the model.
+        classes: class names.
+        calib_split: the split calibration images are drawn from (usually train).
+        calib_split_name: its name, for the manifest.
+        seed: calibration sampling seed.
+    """
+
+    onnx_path: Path | None
+    checkpoint_path: Path | None
+    preprocess: Any
+    classes: list[str]
+    calib_split: Any = None
+    calib_split_name: str = "train"
+    seed: int = 0
+
+    def calibration_set(self, per_class: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """A class-balanced calibration set, preprocessed exactly as for evaluation.
+
+        Returns:
+            ``(x float32 [k*C, 3, H, W], y int64 [k*C], record for the manifest)``.
+
+        Raises:
+            EdgekitError: no split to draw from, or a class with fewer than ``per_class``.
+        """
+        from edgekit.data import balanced_indices
+
+        if self.calib_split is None:
+            raise EdgekitError(
+                "this target needs calibration images",
+                "give a dataset with --dataset (its train split is used)",
+            )
+        idx = balanced_indices(
+            self.calib_split.y,
+            per_class,
+            self.seed,
+            num_classes=len(self.classes),
+            class_names=self.classes,
+        )
+        x = self.preprocess.apply(self.calib_split.x[idx])
+        rec = {
+            "split": self.calib_split_name,
+            "per_class": per_class,
+            "seed": self.seed,
+            "images": int(len(idx)),
+            "sampler": "class-balanced",
+        }
+        return x, self.calib_split.y[idx], rec
+
+    def torch_model(self):
+        """The FP32 PyTorch model in eval mode, from ``checkpoint_path``.
+
+        Raises:
+            EdgekitError: no checkpoint (the target needs the PyTorch model, not ONNX).
+        """
+        if self.checkpoint_path is None:
+            raise EdgekitError(
+                "this target is built from the PyTorch model, not the ONNX file",
+                "give --weights (an edgekit checkpoint) or use edgekit run",
+            )
+        from edgekit.models import load_model
+
+        model, _ = load_model(None, self.checkpoint_path, None)
+        return model
+
+
+class Backend:
+    """Base class of a backend; subclasses override the hooks.
+
+    Attributes:
+        name: the ``backend`` value in target files.
+        packages: import names the backend needs (checked with ``find_spec``).
+        install_hint: what to install when they are missing.
+        option_defaults: precision -> option name -> default. Keys define the
+            allowed options; a target file naming another key is an error.
+    """
+
+    name = ""
+    packages: tuple[str, ...] = ()
+    install_hint = ""
+    option_defaults: dict[str, dict[str, Any]] = {}
+
+    def resolve_options(self, precision: str, options: dict, where: str = "") -> dict:
+        """Merge target-file options over the defaults; reject unknown ones."""
+        defaults = self.option_defaults.get(precision)
+        if defaults is None:
+            raise EdgekitError(
+                f"{where}: backend {self.name!r} has no {precision!r} precision",
+                f"it offers {', '.join(self.option_defaults)}",
+            )
+        unknown = set(options) - set(defaults)
+        if unknown:
+            raise EdgekitError(
+                f"{where}: unknown option(s) {', '.join(sorted(unknown))} for {self.name} "
+                f"{precision}",
+                f"allowed: {', '.join(sorted(defaults)) or 'none'}",
+            )
+        return {**defaults, **options}
+
+    def missing_packages(self, packages: tuple[str, ...] | list[str] = ()) -> list[str]:
+        return [p for p in (*self.packages, *packages) if importlib.util.find_spec(p) is None]
+
+    def unavailable_reason(self, target) -> str | None:
+        """Why the target cannot be built and run here; None if it can."""
+        missing = self.missing_packages(target.requires.get("packages", []))
+        if missing:
+            return f"{', '.join(missing)} not installed ({self.install_hint})"
+        return None
+
+    def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:
+        raise NotImplementedError
+
+    def runtime_unavailable_reason(self, manifest: dict) -> str | None:
+        """Why an artifact of this backend cannot be loaded here; None if it can."""
+        missing = self.missing_packages()
+        if missing:
+            return f"{', '.join(missing)} not installed ({self.install_hint})"
+        return None
+
+    def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> Runner:
+        raise NotImplementedError
+
+
+def onnx_io(onnx_path: Path) -> dict:
+    """Input/output names and shapes of an ONNX model, for the manifest."""
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    inp, out = m.graph.input[0], m.graph.output[0]
+
+    def dims(v):
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    shape = dims(inp)
+    dynamic = isinstance(shape[0], str) or shape[0] == 0
+    return {
+        "input": inp.name,
+        "output": out.name,
+        "input_shape": shape,
+        "output_shape": dims(out),
+        "dtype": "float32",
+        "batch": None if dynamic else {"min": shape[0], "max": shape[0]},
+    }

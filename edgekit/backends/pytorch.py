@@ -1,0 +1,70 @@
+"""PyTorch eager FP32: the baseline row every report is measured against.
+
+The artifact is an edgekit checkpoint (``model.pt``, loaded with
+``weights_only=True``), so the baseline goes through the same harness as every
+other target.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.backends.base import Backend, BuildContext, BuildResult
+from edgekit.errors import EdgekitError
+
+ARTIFACT = "model.pt"
+
+
+class TorchRunner:
+    """An eager ``nn.Module`` in eval mode under ``torch.inference_mode``."""
+
+    device = "cpu"
+    batch_range = (1, None)
+
+    def __init__(self, path: Path, threads: int | None):
+        import torch
+
+        from edgekit.models import load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.model, _ = load_model(None, path, None)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(x)).numpy()
+
+    def close(self) -> None:
+        self.model = None
+
+
+class PyTorchBackend(Backend):
+    name = "pytorch"
+    packages = ("torch",)
+    install_hint = "pip install 'edgekit[build]'"
+    option_defaults = {"fp32": {}}
+
+    def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:
+        if ctx.checkpoint_path is None:
+            raise EdgekitError("the PyTorch baseline needs the checkpoint", "pass --weights")
+        shutil.copyfile(ctx.checkpoint_path, out_dir / ARTIFACT)
+        h, w = ctx.preprocess.height, ctx.preprocess.width
+        io = {
+            "input": "input",
+            "output": "logits",
+            "input_shape": ["batch", 3, h, w],
+            "output_shape": ["batch", len(ctx.classes)],
+            "dtype": "float32",
+            "batch": None,
+        }
+        return BuildResult(artifact=ARTIFACT, io=io)
+
+    def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> TorchRunner:
+        return TorchRunner(artifact_dir / manifest["artifact"], threads)
+
+
+BACKEND = PyTorchBackend()

@@ -1,0 +1,306 @@
+"""The pipeline behind the CLI: workspace -> model -> ONNX -> artifacts -> benchmark.
+
+A work directory holds one model and everything built from it::
+
+    WORK/edgekit.json        what the workspace was made from (dataset, model, preprocessing)
+    WORK/model.pt            the FP32 model as an edgekit checkpoint (weights_only-safe)
+    WORK/model.onnx          its ONNX export, checked against PyTorch
+    WORK/artifacts/TARGET/   one directory per target, each with manifest.json
+    WORK/report.json         the last benchmark
+
+Every command of the CLI is a thin wrapper over one function here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit.errors import EdgekitError, UnavailableError
+from edgekit.fileio import write_json
+
+RECORD = "edgekit.json"
+DEFAULT_MODEL = "resnet20"
+
+
+@dataclass
+class Workspace:
+    root: Path
+
+    @property
+    def record_path(self) -> Path:
+        return self.root / RECORD
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "model.pt"
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / "model.onnx"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    def artifact_dir(self, target: str) -> Path:
+        return self.artifacts / target
+
+    def has_artifacts(self) -> bool:
+        return any(p.is_file() for p in (self.checkpoint, self.onnx)) or (
+            self.artifacts.is_dir() and any(self.artifacts.iterdir())
+        )
+
+    def record(self) -> dict:
+        """The workspace record.
+
+        Raises:
+            EdgekitError: the directory is not an edgekit work directory.
+        """
+        if not self.record_path.is_file():
+            raise EdgekitError(
+                f"{self.root} is not an edgekit work directory (no {RECORD})",
+                "create one with: edgekit export --work-dir DIR ...",
+            )
+        return json.loads(self.record_path.read_text())
+
+
+@dataclass
+class ModelSpec:
+    """What the user asked for: dataset, model and how to get weights."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str | None = None
+    weights: str | None = None
+    num_classes: int | None = None
+    normalization: str | None = None
+    epochs: int | None = None
+    seed: int = 0
+    exporter: str = "dynamo"
+    simplify: bool = True
+    opset: int = 18
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_preprocess(dataset, model_spec: str, override: str | None, ckpt_meta: dict):
+    """Preprocessing precedence: ``--norm`` > the checkpoint's > the model's > the dataset's."""
+    from edgekit.models import model_normalization
+    from edgekit.preprocess import Preprocess, parse_normalization
+
+    h, w = dataset.image_size
+    if override:
+        mean, std = parse_normalization(override)
+        return Preprocess(h, w, mean, std)
+    if ckpt_meta.get("preprocess"):
+        return Preprocess.from_dict(ckpt_meta["preprocess"])
+    norm = model_normalization(model_spec) or dataset.normalization
+    mean, std = parse_normalization(norm) if isinstance(norm, str) else norm
+    return Preprocess(h, w, tuple(mean), tuple(std))
+
+
+def load_workspace_dataset(rec: dict, dataset: str | None = None, data_dir: str | None = None):
+    from edgekit.data import load_dataset
+
+    return load_dataset(dataset or rec["dataset"], data_dir or rec.get("data_dir"))
+
+
+def prepare(spec: ModelSpec, work: Path, force: bool = False, log=print) -> Workspace:
+    """Create a workspace: load data, load or train the model, export and check ONNX.
+
+    Raises:
+        EdgekitError: bad dataset/model/weights, a work directory that already
+            holds artifacts without ``force``, or a failed export check.
+    """
+    from edgekit.data import load_dataset
+    from edgekit.export import export_onnx
+    from edgekit.models import load_model, save_checkpoint
+
+    ws = Workspace(Path(work))
+    if ws.root.exists() and not ws.root.is_dir():
+        raise EdgekitError(f"{ws.root} exists and is not a directory")
+    if ws.has_artifacts() and not force:
+        raise EdgekitError(
+            f"{ws.root} already holds artifacts",
+            "pass --force to replace them, or choose another --work-dir",
+        )
+    t0 = time.perf_counter()
+    ds = load_dataset(spec.dataset, spec.data_dir)
+    log(
+        f"dataset {ds.name}: {len(ds.train) if ds.train else 0} train / {len(ds.test)} test "
+        f"images of {ds.image_size[0]}x{ds.image_size[1]}, {ds.num_classes} classes"
+    )
+    num_classes = spec.num_classes or ds.num_classes
+    if ds.test.y.max() >= num_classes:
+        raise EdgekitError(
+            f"labels go up to {ds.test.y.max()} but the model has {num_classes} classes"
+        )
+    model_arg = spec.model or (None if spec.weights else DEFAULT_MODEL)
+    model, meta = load_model(
+        model_arg,
+        spec.weights,
+        None if spec.weights and not spec.num_classes and not spec.model else num_classes,
+    )
+    model_name = meta.get("model", model_arg)
+    pre = resolve_preprocess(ds, model_name, spec.normalization, meta)
+    history = meta.get("history")
+    if spec.weights is None:
+        from edgekit.train import TrainConfig, fit
+
+        epochs = spec.epochs if spec.epochs is not None else 15
+        cfg = TrainConfig(epochs=epochs, seed=spec.seed)
+        log(f"training {model_name} for {epochs} epochs (no --weights given)")
+        history = fit(
+            model,
+            ds.split("train"),
+            pre,
+            cfg,
+            hflip=ds.hflip,
+            progress=lambda e, h: log(
+                f"  epoch {h['epoch']}/{epochs}: loss "
+                f"{h['loss']:.3f}, train top-1 {h['train_top1']:.1f}%"
+            ),
+        )
+    ws.root.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        ws.checkpoint,
+        model,
+        model_name,
+        num_classes,
+        force=True,
+        classes=list(ds.classes),
+        preprocess=pre.to_dict(),
+        history=history or [],
+        dataset=ds.name,
+    )
+    x = pre.apply(ds.test.x[:64])
+    check = export_onnx(
+        model,
+        x,
+        ws.onnx,
+        opset=spec.opset,
+        simplify=spec.simplify,
+        exporter=spec.exporter,
+        force=True,
+    )
+    log(
+        f"exported {ws.onnx}: max |diff| vs PyTorch {check.max_abs_diff:.2e} "
+        f"(tolerance {check.tolerance:.1e}), top-1 agreement {check.top1_agreement:.2%} "
+        f"on {check.images} test images"
+    )
+    write_json(
+        ws.record_path,
+        {
+            "dataset": ds.name,
+            "data_dir": spec.data_dir,
+            "model": model_name,
+            "num_classes": num_classes,
+            "classes": list(ds.classes),
+            "preprocess": pre.to_dict(),
+            "weights": spec.weights,
+            "export_check": check.to_dict(),
+            "seed": spec.seed,
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+    )
+    return ws
+
+
+def build_context(ws: Workspace, dataset=None, seed: int | None = None):
+    from edgekit.backends.base import BuildContext
+    from edgekit.preprocess import Preprocess
+
+    rec = ws.record()
+    ds = dataset or load_workspace_dataset(rec)
+    return BuildContext(
+        onnx_path=ws.onnx,
+        checkpoint_path=ws.checkpoint,
+        preprocess=Preprocess.from_dict(rec["preprocess"]),
+        classes=rec["classes"],
+        calib_split=ds.train,
+        calib_split_name="train",
+        seed=rec.get("seed", 0) if seed is None else seed,
+    )
+
+
+def build(
+    ws: Workspace, target_name: str, target_files=None, force: bool = False, dataset=None
+) -> dict:
+    """Build one target of the workspace into ``WORK/artifacts/TARGET``."""
+    from edgekit.build import build_target
+    from edgekit.targets import get_target
+
+    target = get_target(target_name, target_files)
+    return build_target(
+        target, build_context(ws, dataset), ws.artifact_dir(target.name), force=force
+    )
+
+
+def default_targets(target_files=None) -> list:
+    from edgekit.targets import load_targets
+
+    return list(load_targets(target_files).values())
+
+
+def run(
+    spec: ModelSpec,
+    work: Path,
+    *,
+    targets: list[str] | None = None,
+    target_files=None,
+    cfg=None,
+    threads: int | None = None,
+    force: bool = False,
+    log=print,
+) -> list[dict]:
+    """The main job: prepare, build every target, benchmark every artifact.
+
+    A target that is unavailable or fails becomes a row with the reason; it never
+    stops the others. Returns the report rows (also written to ``WORK/report.json``).
+    """
+    from edgekit.build import build_target
+    from edgekit.harness import BenchConfig, add_ratios, bench_artifact, environment, result_row
+    from edgekit.report import write_report
+    from edgekit.targets import get_target, unavailable_reason
+
+    cfg = cfg or BenchConfig()
+    ws = prepare(spec, work, force=force, log=log)
+    rec = ws.record()
+    ds = load_workspace_dataset(rec)
+    ctx = build_context(ws, ds)
+    chosen = (
+        [get_target(t, target_files) for t in targets] if targets else default_targets(target_files)
+    )
+    chosen.sort(key=lambda t: (t.name != "pytorch-fp32", t.name))
+    rows = []
+    for t in chosen:
+        reason = unavailable_reason(t)
+        if reason:
+            log(f"{t.name}: unavailable ({reason})")
+            rows.append(result_row(None, status="unavailable", target=t.name, reason=reason))
+            continue
+        try:
+            log(f"{t.name}: building")
+            build_target(t, ctx, ws.artifact_dir(t.name), force=True)
+            log(f"{t.name}: benchmarking")
+            rows.append(bench_artifact(ws.artifact_dir(t.name), ds.test, cfg, threads))
+        except UnavailableError as e:
+            rows.append(result_row(None, status="unavailable", target=t.name, reason=str(e)))
+        except EdgekitError as e:
+            log(f"{t.name}: failed: {e}")
+            rows.append(result_row(None, status="failed", target=t.name, reason=str(e)))
+        except Exception as e:  # a backend bug must not abort the other rows
+            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            log(f"{t.name}: failed: {reason}")
+            rows.append(result_row(None, status="failed", target=t.name, reason=reason))
+    add_ratios(rows)
+    write_report(
+        ws.root / "report.json",
+        rows,
+        environment(threads),
+        cfg.to_dict(),
+        meta={"dataset": rec["dataset"], "model": rec["model"]},
+    )
+    return rows

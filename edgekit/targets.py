@@ -1,0 +1,150 @@
+"""Declarative targets: one TOML file per target, validated against its backend.
+
+A target file looks like::
+
+    name = "ort-cpu-int8"
+    backend = "onnxruntime"          # a module in edgekit/backends
+    precision = "int8"               # fp32 | fp16 | int8
+    description = "..."
+
+    [requires]
+    device = "cpu"                   # cpu | cuda
+    packages = ["onnxruntime"]       # import names checked for availability
+
+    [options]                        # backend options; unknown keys are an error
+    quant_format = "QDQ"
+
+Built-in targets ship in the package (``targets/`` in the source tree). Users add
+their own with ``--target-file FILE`` or by putting files in a directory listed
+in ``EDGEKIT_TARGET_PATH`` (``:``-separated); a user file with a built-in's name
+replaces it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+
+TOP_KEYS = {"name", "backend", "precision", "description", "requires", "options", "notes"}
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class Target:
+    """One target: the backend that builds and runs it and its resolved options."""
+
+    name: str
+    backend: str
+    precision: str
+    description: str = ""
+    options: dict = field(default_factory=dict)
+    requires: dict = field(default_factory=dict)
+    notes: str = ""
+    path: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "precision": self.precision,
+            "options": self.options,
+            "requires": self.requires,
+            "path": self.path,
+        }
+
+
+def builtin_dir() -> Path:
+    """The built-in target files: ``edgekit/_targets`` when installed, ``targets/`` in a checkout."""
+    installed = Path(str(resources.files("edgekit"))) / "_targets"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "targets"
+
+
+def load_target_file(path: str | Path) -> Target:
+    """Parse and validate one target file (options are checked against the backend).
+
+    Raises:
+        EdgekitError: unreadable TOML, unknown keys or options, unknown backend
+            or precision.
+    """
+    from edgekit.backends import get_backend
+
+    p = Path(path)
+    if not p.is_file():
+        raise EdgekitError(f"target file not found: {p}")
+    try:
+        d = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise EdgekitError(f"{p} is not valid TOML: {e}") from None
+    unknown = set(d) - TOP_KEYS
+    if unknown:
+        raise EdgekitError(
+            f"{p}: unknown key(s) {', '.join(sorted(unknown))}",
+            f"allowed: {', '.join(sorted(TOP_KEYS))}",
+        )
+    for key in ("name", "backend", "precision"):
+        if not isinstance(d.get(key), str):
+            raise EdgekitError(f"{p}: '{key}' is required and must be a string")
+    if d["precision"] not in PRECISIONS:
+        raise EdgekitError(f"{p}: precision {d['precision']!r} is not one of {PRECISIONS}")
+    backend = get_backend(d["backend"], where=str(p))
+    options = backend.resolve_options(d["precision"], d.get("options", {}), where=str(p))
+    return Target(
+        name=d["name"],
+        backend=d["backend"],
+        precision=d["precision"],
+        description=d.get("description", ""),
+        options=options,
+        requires=d.get("requires", {}),
+        notes=d.get("notes", ""),
+        path=str(p),
+    )
+
+
+def target_dirs() -> list[Path]:
+    dirs = [builtin_dir()]
+    for entry in os.environ.get("EDGEKIT_TARGET_PATH", "").split(os.pathsep):
+        if entry:
+            dirs.append(Path(entry))
+    return dirs
+
+
+def load_targets(extra_files: list[str | Path] | None = None) -> dict[str, Target]:
+    """All targets by name: built-ins, then ``EDGEKIT_TARGET_PATH``, then ``extra_files``."""
+    out: dict[str, Target] = {}
+    for d in target_dirs():
+        for f in sorted(Path(d).glob("*.toml")):
+            t = load_target_file(f)
+            out[t.name] = t
+    for f in extra_files or []:
+        t = load_target_file(f)
+        out[t.name] = t
+    return out
+
+
+def get_target(name: str, extra_files: list[str | Path] | None = None) -> Target:
+    """Look a target up by name.
+
+    Raises:
+        EdgekitError: no target of that name, listing the known ones.
+    """
+    targets = load_targets(extra_files)
+    if name not in targets:
+        raise EdgekitError(
+            f"unknown target {name!r}",
+            f"known targets: {', '.join(targets)}; or pass --target-file FILE",
+        )
+    return targets[name]
+
+
+def unavailable_reason(target: Target) -> str | None:
+    """Why ``target`` cannot be built and run here, or None when it can."""
+    from edgekit.backends import get_backend
+
+    return get_backend(target.backend).unavailable_reason(target)
