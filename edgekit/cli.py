@@ -336,7 +336,7 @@ def targets_cmd(target_file: TargetFiles = None):
             tg.backend,
             tg.precision,
             "yes" if not reason else "no",
-            tg.description if not reason else reason,
+            reason or tg.description,
         )
     Console().print(t)
 
