@@ -280,7 +280,7 @@ def run(
     force: Force = False,
 ):
     """The whole pipeline: data, model (trained briefly without --weights), ONNX, every
-    target available here, and the benchmark. With no arguments: digits + ResNet-20."""
+    target available here, and the benchmark. With no arguments: digits + ResNet-8."""
     from edgekit.harness import BenchConfig, check_threads
     from edgekit.pipeline import run as do_run
     from edgekit.report import print_table
@@ -314,7 +314,7 @@ def run(
         force=force,
         log=_log,
     )
-    print_table(rows, title=f"edgekit run: {spec.model or 'resnet20'} on {dataset}")
+    print_table(rows, title=f"edgekit run: {spec.model or 'default model'} on {dataset}")
     _log(f"wrote {Path(work_dir) / 'report.json'}")
 
 

@@ -6,9 +6,10 @@ Names (``--model``):
   no max-pool) and ``fc -> num_classes``.
 - ``resnet18-tv``: the unmodified torchvision ResNet-18 with a new ``fc``.
 - ``resnet50``: torchvision ResNet-50 with the CIFAR stem.
-- ``resnet20``/``32``/``44``/``56``/``110``: the CIFAR ResNets of He et al. 2016,
+- ``resnet8``/``20``/``32``/``44``/``56``/``110``: the CIFAR ResNets of He et al. 2016,
   "Deep Residual Learning for Image Recognition", sec. 4.2, with option-A
-  (parameter-free, zero-padded) shortcuts. They load the public checkpoint
+  (parameter-free, zero-padded) shortcuts. ``resnet8`` (n=1, 78k parameters) is the
+  small default that ``edgekit run`` trains in about a minute on two cores. They load the public checkpoint
   format of Y. Idelbayev's ``pytorch_resnet_cifar10`` (``module.``-prefixed keys
   under ``state_dict``), which was trained with ImageNet normalization.
 - ``package.module:factory``: any user model; ``factory(num_classes=N)`` (or
@@ -157,7 +158,7 @@ MODELS: dict[str, ModelInfo] = {
             "imagenet",
             f"He et al. CIFAR ResNet-{d}, option-A shortcuts",
         )
-        for d in (20, 32, 44, 56, 110)
+        for d in (8, 20, 32, 44, 56, 110)
     },
 }
 

@@ -22,7 +22,8 @@ from edgekit.errors import EdgekitError, UnavailableError
 from edgekit.fileio import write_json
 
 RECORD = "edgekit.json"
-DEFAULT_MODEL = "resnet20"
+DEFAULT_MODEL = "resnet8"
+DEFAULT_EPOCHS = 10
 
 
 @dataclass
@@ -149,7 +150,7 @@ def prepare(spec: ModelSpec, work: Path, force: bool = False, log=print) -> Work
     if spec.weights is None:
         from edgekit.train import TrainConfig, fit
 
-        epochs = spec.epochs if spec.epochs is not None else 15
+        epochs = spec.epochs if spec.epochs is not None else DEFAULT_EPOCHS
         cfg = TrainConfig(epochs=epochs, seed=spec.seed)
         log(f"training {model_name} for {epochs} epochs (no --weights given)")
         history = fit(

@@ -110,7 +110,7 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
-            tot_loss += float(loss) * len(idx)
+            tot_loss += loss.item() * len(idx)
             tot_correct += int((out.argmax(1) == yb).sum())
         entry = {
             "epoch": epoch + 1,
