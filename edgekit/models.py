@@ -8,7 +8,7 @@ Names (``--model``):
 - ``resnet50``: torchvision ResNet-50 with the CIFAR stem.
 - ``resnet8``/``20``/``32``/``44``/``56``/``110``: the CIFAR ResNets of He et al. 2016,
   "Deep Residual Learning for Image Recognition", sec. 4.2, with option-A
-  (parameter-free, zero-padded) shortcuts. ``resnet8`` (n=1, 78k parameters) is the
+  (parameter-free, zero-padded) shortcuts. ``resnet8`` (n=1, 75k parameters) is the
   small default that ``edgekit run`` trains in about a minute on two cores. They load the public checkpoint
   format of Y. Idelbayev's ``pytorch_resnet_cifar10`` (``module.``-prefixed keys
   under ``state_dict``), which was trained with ImageNet normalization.

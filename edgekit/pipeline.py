@@ -14,12 +14,13 @@ Every command of the CLI is a thin wrapper over one function here.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.errors import EdgekitError, UnavailableError
-from edgekit.fileio import write_json
+from edgekit.fileio import require_file, write_json
 
 RECORD = "edgekit.json"
 DEFAULT_MODEL = "resnet8"
@@ -116,8 +117,7 @@ def prepare(spec: ModelSpec, work: Path, force: bool = False, log=print) -> Work
             holds artifacts without ``force``, or a failed export check.
     """
     from edgekit.data import load_dataset
-    from edgekit.export import export_onnx
-    from edgekit.models import load_model, save_checkpoint
+    from edgekit.models import load_model
 
     ws = Workspace(Path(work))
     if ws.root.exists() and not ws.root.is_dir():
@@ -127,6 +127,8 @@ def prepare(spec: ModelSpec, work: Path, force: bool = False, log=print) -> Work
             f"{ws.root} already holds artifacts",
             "pass --force to replace them, or choose another --work-dir",
         )
+    if spec.weights is not None:
+        require_file(spec.weights, "checkpoint")
     t0 = time.perf_counter()
     ds = load_dataset(spec.dataset, spec.data_dir)
     log(
@@ -165,6 +167,23 @@ def prepare(spec: ModelSpec, work: Path, force: bool = False, log=print) -> Work
             ),
         )
     ws.root.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_workspace(ws, spec, ds, model, model_name, num_classes, pre, history, t0, log)
+    except BaseException:
+        # leave no half-made workspace that looks valid
+        for p in (ws.record_path, ws.checkpoint, ws.onnx):
+            p.unlink(missing_ok=True)
+        raise
+    if ws.artifacts.is_dir():  # --force: artifacts of the previous model are stale now
+        shutil.rmtree(ws.artifacts)
+    return ws
+
+
+def _write_workspace(ws, spec, ds, model, model_name, num_classes, pre, history, t0, log):
+    from edgekit.export import export_onnx
+    from edgekit.models import save_checkpoint
+
+    ws.record_path.unlink(missing_ok=True)
     save_checkpoint(
         ws.checkpoint,
         model,
