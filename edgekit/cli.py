@@ -390,7 +390,28 @@ def infer(
         top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"])
         typer.echo(f"{p['input']}{label}: {top}")
     if res["top1"] is not None:
-        typer.echo(f"top-1: {res['top1']:.2f}% of {res['images']} labelled images")
+        typer.echo(f"top-1: {res['top1']:.2f}% of {res['labelled']} labelled images")
+
+
+#: import name -> what to install, for commands run without the package they need.
+_INSTALL_HINTS = {
+    **dict.fromkeys(
+        (
+            "torch",
+            "torchvision",
+            "onnx",
+            "onnxscript",
+            "onnxslim",
+            "torch_pruning",
+            "sklearn",
+            "matplotlib",
+        ),
+        "pip install 'edgekit[build]' (the build host)",
+    ),
+    "onnxruntime": "pip install 'edgekit[runtime]'",
+    "PIL": "pip install 'edgekit[runtime]'",
+    "tensorrt": "TensorRT comes with the JetPack image or NVIDIA's index (docs/device.md)",
+}
 
 
 def main() -> None:
@@ -399,6 +420,15 @@ def main() -> None:
         app()
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ModuleNotFoundError as e:  # a build-host command run with the runtime install
+        root = (e.name or "").split(".")[0]
+        if root not in _INSTALL_HINTS:
+            raise
+        print(
+            f"error: this command needs {root}, which is not installed -- {_INSTALL_HINTS[root]}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -43,13 +43,14 @@ class Inputs:
     Attributes:
         images: uint8 [N, H, W, 3] RGB at the model's input size.
         names: one display name per image (file name, or ``FILE[i]`` for npz rows).
-        labels: int64 [N] ground-truth labels, or None.
+        labels: one ground-truth label per image, None where unknown (images,
+            npz files without ``y``).
         notes: what was done to the inputs (conversions, resizes), for the user.
     """
 
     images: np.ndarray
     names: list[str]
-    labels: np.ndarray | None = None
+    labels: list[int | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -153,15 +154,14 @@ def load_npz_batch(path: str | Path, height: int, width: int) -> Inputs:
             "resize the batch first (npz inputs are not resized)",
         )
     names = [f"{p.name}[{i}]" for i in range(len(x))]
-    return Inputs(x, names, yv if y is not None else None)
+    return Inputs(x, names, [int(v) for v in yv] if y is not None else [None] * len(x))
 
 
 def read_inputs(paths, height: int, width: int, resize: bool = True) -> Inputs:
     """Decode image files and npz batches into one uint8 [N, H, W, 3] batch.
 
     Args:
-        paths: image files and/or ``.npz`` files. Labels are kept only when every
-            input is an npz with ``y``.
+        paths: image files and/or ``.npz`` files (labels from an npz ``y``).
 
     Raises:
         EdgekitError: see :func:`load_image` and :func:`load_npz_batch`.
@@ -177,15 +177,14 @@ def read_inputs(paths, height: int, width: int, resize: bool = True) -> Inputs:
             b = load_npz_batch(p, height, width)
             images.append(b.images)
             names += b.names
-            labels.append(b.labels)
+            labels += b.labels
         else:
             img, n = load_image(p, height, width, resize)
             images.append(img[None])
             names.append(p.name)
             labels.append(None)
             notes += n
-    y = np.concatenate(labels) if all(v is not None for v in labels) else None
-    return Inputs(np.concatenate(images), names, y, notes)
+    return Inputs(np.concatenate(images), names, labels, notes)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -238,7 +237,8 @@ def infer(
         ``{"artifact", "target", "backend", "precision", "input_size": [H, W],
         "notes": [str], "top_k", "images", "predictions": [{"input", "label",
         "label_name", "top": [{"index", "class", "probability"}]}], "top1"}``;
-        ``top1`` (percent) only when labels were given, else None.
+        ``top1``: percent over the images with a label (``"labelled"`` of them),
+        None when none has one.
 
     Raises:
         EdgekitError: ``top_k < 1``; the manifest is missing, invalid or has no
@@ -286,7 +286,7 @@ def infer(
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     preds = []
     for i, name in enumerate(data.names):
-        label = int(data.labels[i]) if data.labels is not None else None
+        label = data.labels[i]
         preds.append(
             {
                 "input": name,
@@ -298,7 +298,8 @@ def infer(
                 ],
             }
         )
-    top1 = float((order[:, 0] == data.labels).mean() * 100) if data.labels is not None else None
+    known = [i for i, v in enumerate(data.labels) if v is not None]
+    top1 = float(np.mean([order[i, 0] == data.labels[i] for i in known]) * 100) if known else None
     return {
         "artifact": str(d),
         "target": manifest["target"],
@@ -310,4 +311,5 @@ def infer(
         "images": len(preds),
         "predictions": preds,
         "top1": top1,
+        "labelled": len(known),
     }

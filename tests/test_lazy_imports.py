@@ -8,9 +8,9 @@ the heavy modules ended up in ``sys.modules``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -79,11 +79,21 @@ def test_probe_detects_a_heavy_import():
     assert r.stdout.strip() == "True"
 
 
+def _cpu_seconds(cmd: list[str]) -> float:
+    """User + system CPU seconds of one child process (os.wait4: this child only)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    return ru.ru_utime + ru.ru_stime
+
+
 def test_help_is_fast():
-    """``edgekit --help`` in under 0.5 s (best of 3, to discount a busy shared machine)."""
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "edgekit", "--help"], capture_output=True, check=True)
-        best = min(best, time.perf_counter() - t0)
-    assert best < 0.5, f"edgekit --help took {best:.3f} s"
+    """``edgekit --help`` costs under 0.5 s.
+
+    Measured as the child's CPU time (best of 3), which a loaded shared CI
+    machine does not inflate the way it inflates wall time;
+    benchmarks/cli_startup.py reports both.
+    """
+    best = min(_cpu_seconds([sys.executable, "-m", "edgekit", "--help"]) for _ in range(3))
+    assert best < 0.5, f"edgekit --help took {best:.3f} s of CPU"
