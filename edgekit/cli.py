@@ -22,6 +22,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: Typer's rich help formatter imports ~0.6 s of modules (markdown-it,
+    # pygments); without it `edgekit --help` stays under 0.5 s (benchmarks/cli_startup.py).
+    rich_markup_mode=None,
 )
 
 WorkDir = Annotated[Path, typer.Option("--work-dir", "-w", help="Work directory.")]
@@ -341,12 +344,91 @@ def targets_cmd(target_file: TargetFiles = None):
     Console().print(t)
 
 
+@app.command()
+def infer(
+    artifact: Annotated[
+        Path,
+        typer.Option(
+            "--artifact", "-a", metavar="DIR", help="Artifact directory (with manifest.json)."
+        ),
+    ],
+    input: Annotated[
+        list[Path],
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="FILE",
+            help="Image (PNG/JPEG/...) or .npz batch (x uint8 [N,H,W,3], optional y); repeatable.",
+        ),
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes shown per image.")] = 5,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    resize: Annotated[
+        bool,
+        typer.Option(
+            "--resize/--no-resize", help="Resize images of another size (with a note) or reject."
+        ),
+    ] = True,
+    threads: Threads = None,
+):
+    """Top-k classes with probabilities (softmax) of images, using the artifact's preprocessing."""
+    import json
+
+    from edgekit.harness import check_threads
+    from edgekit.infer import infer as do_infer
+
+    for w in check_threads(threads):
+        _log(f"warning: {w}")
+    res = do_infer(artifact, input, top_k=top_k, threads=threads, resize=resize)
+    for note in res["notes"]:
+        _log(f"note: {note}")
+    if json_out:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    for p in res["predictions"]:
+        label = f" (label {p['label_name'] or p['label']})" if p["label"] is not None else ""
+        top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"])
+        typer.echo(f"{p['input']}{label}: {top}")
+    if res["top1"] is not None:
+        typer.echo(f"top-1: {res['top1']:.2f}% of {res['labelled']} labelled images")
+
+
+#: import name -> what to install, for commands run without the package they need.
+_INSTALL_HINTS = {
+    **dict.fromkeys(
+        (
+            "torch",
+            "torchvision",
+            "onnx",
+            "onnxscript",
+            "onnxslim",
+            "torch_pruning",
+            "sklearn",
+            "matplotlib",
+        ),
+        "pip install 'edgekit[build]' (the build host)",
+    ),
+    "onnxruntime": "pip install 'edgekit[runtime]'",
+    "PIL": "pip install 'edgekit[runtime]'",
+    "tensorrt": "TensorRT comes with the JetPack image or NVIDIA's index (docs/device.md)",
+}
+
+
 def main() -> None:
     """Console-script entry point: maps user errors to one line and exit status 2."""
     try:
         app()
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ModuleNotFoundError as e:  # a build-host command run with the runtime install
+        root = (e.name or "").split(".")[0]
+        if root not in _INSTALL_HINTS:
+            raise
+        print(
+            f"error: this command needs {root}, which is not installed -- {_INSTALL_HINTS[root]}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -30,7 +30,15 @@ def get_backend(name: str, where: str = "") -> Backend:
     if name not in BACKENDS:
         prefix = f"{where}: " if where else ""
         raise EdgekitError(f"{prefix}unknown backend {name!r}", f"use one of {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name]).BACKEND
+    try:
+        module = importlib.import_module(BACKENDS[name])
+    except ModuleNotFoundError as e:
+        if e.name != BACKENDS[name]:
+            raise
+        raise EdgekitError(
+            f"backend {name!r} is not part of this edgekit install", "upgrade edgekit"
+        ) from None
+    return module.BACKEND
 
 
 __all__ = ["BACKENDS", "Backend", "BuildContext", "BuildResult", "Runner", "get_backend"]
