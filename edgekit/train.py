@@ -401,6 +401,8 @@ def train(
     from edgekit.models import load_model, read_checkpoint, save_checkpoint
     from edgekit.pipeline import resolve_preprocess
 
+    quiet = log is None
+    log = log or (lambda *_: None)
     out_dir = Path(out_dir)
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     if resume and not last.is_file():
@@ -483,7 +485,7 @@ def train(
 
     if state:
         state = {**state, "history": read_checkpoint(last).get("history", [])}
-    prog, factory = _rich_bar(rank == 0 and log is not None)
+    prog, factory = _rich_bar(rank == 0 and not quiet)
     if prog:
         prog.start()
     try:
