@@ -18,7 +18,7 @@ def test_kd_loss_matches_hand_computed_example():
     # softened: p_s = softmax([0.5, 0]), p_t = softmax([0, 0.5])
     a = 1 / (1 + math.exp(-0.5))  # 0.6225
     p_s, p_t = [a, 1 - a], [1 - a, a]
-    kl = sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s))
+    kl = sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s, strict=True))
     ce = -math.log(math.exp(1) / (math.exp(1) + 1))
     want = alpha * T * T * kl + (1 - alpha) * ce
     got = kd_loss(s, t, y, alpha, T).item()
