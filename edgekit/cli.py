@@ -281,6 +281,10 @@ def run(
     opset: OpsetOpt = 18,
     seed: SeedOpt = 0,
     force: Force = False,
+    prune_ratio: Annotated[
+        float | None,
+        typer.Option("--prune-ratio", help="Prune (uniform L2, round_to 8) and fine-tune first."),
+    ] = None,
 ):
     """The whole pipeline: data, model (trained briefly without --weights), ONNX, every
     target available here, and the benchmark. With no arguments: digits + ResNet-8."""
@@ -306,6 +310,7 @@ def run(
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     if names and "pytorch-fp32" not in names:
         names.insert(0, "pytorch-fp32")
+    spec.prune_ratio = prune_ratio
     cfg = BenchConfig.quick() if quick else BenchConfig()
     rows = do_run(
         spec,
@@ -412,6 +417,187 @@ _INSTALL_HINTS = {
     "PIL": "pip install 'edgekit[runtime]'",
     "tensorrt": "TensorRT comes with the JetPack image or NVIDIA's index (docs/device.md)",
 }
+
+
+def _ratios(text: str) -> dict[str, float]:
+    out = {}
+    for part in (p for p in text.split(",") if p.strip()):
+        name, _, r = part.partition("=")
+        try:
+            out[name.strip()] = float(r)
+        except ValueError:
+            raise EdgekitError(
+                f"--layer-ratio wants NAME=RATIO[,NAME=RATIO], got {part!r}"
+            ) from None
+    return out
+
+
+@app.command("train")
+def train_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")] = Path(
+        "edgekit-train"
+    ),
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = "resnet20",
+    weights: WeightsOpt = None,
+    epochs: Annotated[int, typer.Option("--epochs")] = 30,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 128,
+    lr: Annotated[float, typer.Option("--lr")] = 0.1,
+    momentum: Annotated[float, typer.Option("--momentum")] = 0.9,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 5e-4,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Held out of the training set.")
+    ] = 0.1,
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader workers (GPU).")] = 4,
+    teacher: Annotated[
+        Path | None, typer.Option("--teacher", help="Distil from this checkpoint.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
+    seed: SeedOpt = 0,
+    force: Force = False,
+):
+    """Train with the CIFAR recipe; keeps OUT/best.pt (by validation top-1), OUT/last.pt
+    and OUT/curves.png. Multi-GPU: torchrun --nproc_per_node=N -m edgekit train ..."""
+    from edgekit.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        seed=seed,
+        workers=workers,
+    )
+    train(
+        model,
+        dataset,
+        out_dir,
+        cfg,
+        data_dir=str(data_dir) if data_dir else None,
+        weights=str(weights) if weights else None,
+        val_fraction=val_fraction,
+        device=device,
+        resume=resume,
+        teacher_weights=str(teacher) if teacher else None,
+        force=force,
+        log=_log,
+    )
+
+
+PruneRatio = Annotated[
+    float, typer.Option("--ratio", help="Channel pruning ratio in [0, 1) (MACs with --by macs).")
+]
+
+
+def _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, ignore, by):
+    from edgekit.prune import PruneConfig
+
+    return PruneConfig(
+        ratio=ratio,
+        per_layer=_ratios(layer_ratio) if layer_ratio else {},
+        global_pruning=global_,
+        importance=importance,
+        steps=steps,
+        round_to=round_to if round_to > 1 else None,
+        ignore=[s.strip() for s in ignore.split(",") if s.strip()] if ignore else [],
+        by=by,
+    )
+
+
+@app.command("prune")
+def prune_cmd(
+    weights: Annotated[Path, typer.Option("--weights", help="Checkpoint to prune.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pruned edgekit checkpoint.")],
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    ratio: PruneRatio = 0.5,
+    layer_ratio: Annotated[
+        str | None, typer.Option("--layer-ratio", help="Per layer: NAME=R[,NAME=R].")
+    ] = None,
+    global_: Annotated[
+        bool, typer.Option("--global/--uniform", help="Rank channels across layers.")
+    ] = False,
+    importance: Annotated[str, typer.Option("--importance", help="l1, l2, bn, taylor.")] = "l2",
+    steps: Annotated[int, typer.Option("--steps", help="Iterative pruning steps.")] = 1,
+    round_to: Annotated[int, typer.Option("--round-to")] = 8,
+    ignore: Annotated[str | None, typer.Option("--ignore", help="Layers not pruned.")] = None,
+    by: Annotated[str, typer.Option("--by", help="channels or macs.")] = "channels",
+    finetune_epochs: Annotated[
+        int, typer.Option("--finetune-epochs", help="Between steps and after the last.")
+    ] = 0,
+    lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate.")] = 0.01,
+    distill: Annotated[
+        bool, typer.Option("--distill", help="KD from the unpruned model while fine-tuning.")
+    ] = False,
+    force: Force = False,
+):
+    """Structured pruning (torch-pruning DepGraph): removes channels, reports params/MACs/size."""
+    from edgekit.prune import prune_checkpoint
+
+    cfg = _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, ignore, by)
+    prune_checkpoint(
+        str(weights),
+        str(out),
+        dataset,
+        cfg,
+        model=model,
+        data_dir=str(data_dir) if data_dir else None,
+        finetune_epochs=finetune_epochs,
+        lr=lr,
+        distill=distill,
+        force=force,
+        log=_log,
+    )
+    _log(f"wrote {out}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    work_dir: WorkDir = Path("edgekit-sweep"),
+    ratios: Annotated[str, typer.Option("--ratios", help="e.g. 0,0.3,0.5,0.7")] = "0,0.3,0.5,0.7",
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    epochs: EpochsOpt = None,
+    targets: Annotated[str | None, typer.Option("--targets", help="Comma-separated.")] = None,
+    importance: Annotated[str, typer.Option("--importance")] = "l2",
+    round_to: Annotated[int, typer.Option("--round-to")] = 8,
+    by: Annotated[str, typer.Option("--by", help="channels or macs.")] = "channels",
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs")] = 2,
+    distill: Annotated[bool, typer.Option("--distill")] = False,
+    threads: Threads = None,
+    quick: Quick = False,
+    seed: SeedOpt = 0,
+    force: Force = False,
+):
+    """Prune at several ratios, fine-tune, lower to targets: WORK/sweep.{json,md,png}."""
+    from edgekit.harness import BenchConfig
+    from edgekit.sweep import sweep
+
+    try:
+        rs = [float(r) for r in ratios.split(",") if r.strip()]
+    except ValueError:
+        raise EdgekitError(f"--ratios must be numbers like 0,0.3,0.5, got {ratios!r}") from None
+    spec = _spec(dataset, data_dir, model, weights, None, None, epochs, "dynamo", True, 18, seed)
+    spec.prune_options = {
+        "importance": importance,
+        "round_to": round_to if round_to > 1 else None,
+        "by": by,
+        "finetune_epochs": finetune_epochs,
+        "distill": distill,
+    }
+    names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+    cfg = BenchConfig.quick() if quick else BenchConfig()
+    sweep(spec, work_dir, rs, targets=names, cfg=cfg, threads=threads, force=force, log=_log)
+    print((Path(work_dir) / "sweep.md").read_text())
+    _log(f"wrote {Path(work_dir) / 'sweep.png'}")
 
 
 def main() -> None:

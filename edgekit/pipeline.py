@@ -85,6 +85,10 @@ class ModelSpec:
     simplify: bool = True
     opset: int = 18
     extra: dict = field(default_factory=dict)
+    prune_ratio: float | None = None  # structured pruning (edgekit.prune) before export
+    prune_options: dict = field(
+        default_factory=dict
+    )  # PruneConfig fields, finetune_epochs, distill
 
 
 def resolve_preprocess(dataset, model_spec: str, override: str | None, ckpt_meta: dict):
@@ -166,9 +170,35 @@ def prepare(spec: ModelSpec, work: Path, force: bool = False, log=print) -> Work
                 f"{h['loss']:.3f}, train top-1 {h['train_top1']:.1f}%"
             ),
         )
+    prune_record = None
+    if spec.prune_ratio:
+        from edgekit.prune import PruneConfig, prune_and_finetune
+        from edgekit.train import TrainConfig
+
+        opts = dict(spec.prune_options)
+        ft_epochs = int(opts.pop("finetune_epochs", 2))
+        distill = bool(opts.pop("distill", False))
+        pcfg = PruneConfig(ratio=spec.prune_ratio, **opts)
+        log(
+            f"pruning {model_name}: ratio {spec.prune_ratio} ({pcfg.by}), then {ft_epochs} "
+            f"epoch(s) of fine-tuning{' with distillation' if distill else ''}"
+        )
+        res, ft_hist = prune_and_finetune(
+            model,
+            ds.split("train"),
+            pre,
+            pcfg,
+            TrainConfig(epochs=ft_epochs, lr=0.01, seed=spec.seed),
+            ds.hflip,
+            distill,
+            log=log,
+        )
+        prune_record = {**res.to_dict(), "finetune_history": ft_hist}
     ws.root.mkdir(parents=True, exist_ok=True)
     try:
-        _write_workspace(ws, spec, ds, model, model_name, num_classes, pre, history, t0, log)
+        _write_workspace(
+            ws, spec, ds, model, model_name, num_classes, pre, history, prune_record, t0, log
+        )
     except BaseException:
         # leave no half-made workspace that looks valid
         for p in (ws.record_path, ws.checkpoint, ws.onnx):
@@ -179,7 +209,9 @@ def prepare(spec: ModelSpec, work: Path, force: bool = False, log=print) -> Work
     return ws
 
 
-def _write_workspace(ws, spec, ds, model, model_name, num_classes, pre, history, t0, log):
+def _write_workspace(
+    ws, spec, ds, model, model_name, num_classes, pre, history, prune_record, t0, log
+):
     from edgekit.export import export_onnx
     from edgekit.models import save_checkpoint
 
@@ -222,6 +254,7 @@ def _write_workspace(ws, spec, ds, model, model_name, num_classes, pre, history,
             "weights": spec.weights,
             "export_check": check.to_dict(),
             "seed": spec.seed,
+            "pruning": prune_record,
             "seconds": round(time.perf_counter() - t0, 1),
         },
     )

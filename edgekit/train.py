@@ -1,14 +1,32 @@
-"""Training on uint8 image arrays, with the standard CIFAR recipe.
+"""Training on uint8 image arrays, with the standard CIFAR recipe, and distillation.
 
 Recipe (defaults, all overridable): SGD, lr 0.1, momentum 0.9, weight decay
 5e-4 (Nesterov off), cosine schedule over the epochs, label smoothing 0.1,
 batch 128; augmentation RandomCrop(32, padding=4) and horizontal flip (no flip
 for digits), as in He et al. 2016 sec. 4.2.
+
+Knowledge distillation (Hinton, Vinyals, Dean 2015, "Distilling the Knowledge
+in a Neural Network"): :func:`kd_loss` mixes the KL divergence between the
+teacher's and the student's temperature-softened distributions (times T^2, so
+gradients keep their scale) with the cross-entropy on labels.
+
+:func:`train` is the full job behind ``edgekit train``: a seeded train/validation
+split held out from the training set (never the test set), a checkpoint every
+epoch (``last.pt``) and the best by validation top-1 (``best.pt``), ``--resume``,
+mixed precision on CUDA, DataLoader workers and pinned memory on GPU, rich
+progress bars, a PNG of loss/accuracy/learning-rate curves, and
+DistributedDataParallel when launched with ``torchrun``::
+
+    torchrun --nproc_per_node=4 -m edgekit train --device cuda ...
 """
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,9 +44,44 @@ class TrainConfig:
     label_smoothing: float = 0.1
     seed: int = 0
     crop_padding: int = 4
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    time_budget_s: float | None = None
+    amp: bool = True
+    workers: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Hinton et al. 2015 distillation loss (scalar).
+
+    ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``, with the
+    KL averaged over the batch (``reduction="batchmean"``).
+
+    Args:
+        student_logits, teacher_logits: float [N, classes].
+        target: int64 [N] labels.
+        alpha: weight of the distillation term in [0, 1].
+        temperature: T > 0.
+    """
+    t = temperature
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    ce = F.cross_entropy(student_logits, target, label_smoothing=label_smoothing)
+    return alpha * t * t * kl + (1.0 - alpha) * ce
 
 
 def augment(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -56,14 +109,28 @@ def to_input(x_uint8_nhwc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split, preprocess, batch: int = 256) -> float:
+def evaluate(model: nn.Module, split, preprocess, batch: int = 256, device=None) -> float:
     """Top-1 (percent) of ``model`` on a :class:`Split`."""
     model.eval()
+    device = device or next(model.parameters()).device
     correct = 0
     for i in range(0, len(split), batch):
-        xb = torch.from_numpy(preprocess.apply(split.x[i : i + batch]))
-        correct += int((model(xb).argmax(1).numpy() == split.y[i : i + batch]).sum())
+        xb = torch.from_numpy(preprocess.apply(split.x[i : i + batch])).to(device)
+        correct += int((model(xb).argmax(1).cpu().numpy() == split.y[i : i + batch]).sum())
     return 100.0 * correct / max(1, len(split))
+
+
+class _Batches(torch.utils.data.Dataset):
+    """uint8 NCHW images by index (augmentation happens per batch in the main process)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
 
 
 def fit(
@@ -74,54 +141,380 @@ def fit(
     hflip: bool = True,
     val_split=None,
     progress=None,
+    *,
+    teacher: nn.Module | None = None,
+    device: str | torch.device | None = None,
+    resume: dict | None = None,
+    on_epoch_end=None,
+    bar=None,
 ) -> list[dict]:
-    """Train ``model`` in place on the CPU; returns one history dict per epoch.
+    """Train ``model`` in place; returns one history dict per epoch.
 
     Args:
         train_split: :class:`edgekit.data.Split` of uint8 images.
         preprocess: :class:`edgekit.preprocess.Preprocess` (its mean/std/scale).
         progress: optional callable ``(epoch, history_entry)``.
+        teacher: optional frozen model; the loss becomes :func:`kd_loss` with
+            ``cfg.kd_alpha`` and ``cfg.kd_temperature``.
+        device: ``cpu`` (default) or ``cuda``; AMP (bfloat16/float16 autocast) on CUDA
+            when ``cfg.amp``.
+        resume: a state from ``on_epoch_end`` (``epoch``, ``optimizer``, ``scheduler``,
+            ``history``) to continue from.
+        on_epoch_end: ``(epoch, entry, state)`` called after every epoch, with the
+            state a resume needs (used for checkpoints).
+        bar: optional ``(total_steps) -> callable(advance, description)`` progress factory.
+
+    With ``cfg.time_budget_s``, the cosine schedule runs over wall-clock time instead of
+    steps and training stops when the budget is spent (a CPU-sized fine-tuning budget).
     """
+    device = torch.device(device or "cpu")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    mean = torch.tensor(preprocess.mean)
-    std = torch.tensor(preprocess.std)
+    mean = torch.tensor(preprocess.mean, device=device)
+    std = torch.tensor(preprocess.std, device=device)
     x_all = torch.from_numpy(train_split.x).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
-    y_all = torch.from_numpy(train_split.y)
+    y_all = torch.from_numpy(np.asarray(train_split.y, dtype=np.int64))
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    steps = cfg.epochs * int(np.ceil(len(y_all) / cfg.batch_size))
+    per_epoch = int(np.ceil(len(y_all) / cfg.batch_size))
+    steps = cfg.epochs * per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    history = []
-    for epoch in range(cfg.epochs):
+    history: list[dict] = []
+    start = 0
+    if resume:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        history = list(resume.get("history", []))
+        start = int(resume["epoch"])
+        gen.manual_seed(cfg.seed + start)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    sampler = None
+    loader = None
+    if device.type == "cuda" or ddp:
+        ds = _Batches(x_all, y_all)
+        if ddp:
+            sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=cfg.seed)
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=cfg.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=cfg.workers > 0,
+            drop_last=False,
+        )
+    t0 = time.perf_counter()
+    out_of_time = False
+    advance = bar(steps - start * per_epoch) if bar else None
+    for epoch in range(start, cfg.epochs):
         model.train()
-        perm = torch.randperm(len(y_all), generator=gen)
-        tot_loss, tot_correct = 0.0, 0
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            xb = augment(x_all[idx], cfg.crop_padding, hflip, gen)
+        tot_loss, tot_correct, seen = 0.0, 0, 0
+        if loader is not None:
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            batches = iter(loader)
+        else:
+            perm = torch.randperm(len(y_all), generator=gen)
+            batches = (
+                (x_all[perm[i : i + cfg.batch_size]], y_all[perm[i : i + cfg.batch_size]])
+                for i in range(0, len(perm), cfg.batch_size)
+            )
+        for xb, yb in batches:
+            xb = augment(xb, cfg.crop_padding, hflip, gen)
+            xb = xb.to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True)
             xb = (xb.float() / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
-            yb = y_all[idx]
-            out = model(xb)
-            loss = crit(out, yb)
+            if cfg.time_budget_s:
+                frac = min(1.0, (time.perf_counter() - t0) / cfg.time_budget_s)
+                for g in opt.param_groups:
+                    g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * frac))
+            with torch.autocast(device.type, enabled=use_amp):
+                out = model(xb)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_out = teacher(xb)
+                    loss = kd_loss(
+                        out.float(),
+                        t_out.float(),
+                        yb,
+                        cfg.kd_alpha,
+                        cfg.kd_temperature,
+                        cfg.label_smoothing,
+                    )
+                else:
+                    loss = crit(out.float(), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot_loss += loss.item() * len(idx)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if not cfg.time_budget_s:
+                sched.step()
+            tot_loss += loss.item() * len(yb)
             tot_correct += int((out.argmax(1) == yb).sum())
+            seen += len(yb)
+            if advance:
+                advance(1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f}")
+            if cfg.time_budget_s and time.perf_counter() - t0 >= cfg.time_budget_s:
+                out_of_time = True
+                break
         entry = {
             "epoch": epoch + 1,
-            "loss": tot_loss / len(y_all),
-            "train_top1": 100.0 * tot_correct / len(y_all),
-            "lr": sched.get_last_lr()[0],
+            "loss": tot_loss / max(1, seen),
+            "train_top1": 100.0 * tot_correct / max(1, seen),
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 1),
         }
         if val_split is not None:
-            entry["val_top1"] = evaluate(model, val_split, preprocess)
+            inner = model.module if ddp else model
+            entry["val_top1"] = evaluate(inner, val_split, preprocess, device=device)
         history.append(entry)
         if progress:
             progress(epoch, entry)
+        if on_epoch_end:
+            on_epoch_end(
+                epoch,
+                entry,
+                {
+                    "epoch": epoch + 1,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                },
+            )
+        if out_of_time:
+            break
     model.eval()
     return history
+
+
+def split_train_val(split, val_fraction: float, seed: int):
+    """Hold out a class-balanced, seeded validation subset of the *training* split.
+
+    Returns:
+        ``(train Split, val Split or None)``; ``val_fraction`` 0 gives no validation.
+    """
+    if val_fraction <= 0:
+        return split, None
+    from edgekit.errors import EdgekitError
+
+    if not 0 < val_fraction < 1:
+        raise EdgekitError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for c in np.unique(split.y):
+        idx = np.flatnonzero(split.y == c)
+        rng.shuffle(idx)
+        val_idx.append(idx[: max(1, int(round(len(idx) * val_fraction)))])
+    val = np.sort(np.concatenate(val_idx))
+    mask = np.ones(len(split), bool)
+    mask[val] = False
+    return split.subset(np.flatnonzero(mask)), split.subset(val)
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    """Loss, top-1 (train/val) and learning rate per epoch, as one PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgekit.fileio import atomic_path
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
+    ax[0].plot(ep, [h["loss"] for h in history])
+    ax[0].set_title("training loss")
+    ax[1].plot(ep, [h["train_top1"] for h in history], label="train")
+    if any("val_top1" in h for h in history):
+        ax[1].plot(ep, [h.get("val_top1", np.nan) for h in history], label="validation")
+    ax[1].set_title("top-1 (%)")
+    ax[1].legend()
+    ax[2].plot(ep, [h["lr"] for h in history])
+    ax[2].set_title("learning rate")
+    for a in ax:
+        a.set_xlabel("epoch")
+    fig.tight_layout()
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _rich_bar(enabled: bool):
+    if not enabled:
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prog = Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), transient=True
+    )
+
+    def factory(total):
+        task = prog.add_task("training", total=total)
+
+        def advance(n, desc):
+            prog.update(task, advance=n, description=desc)
+
+        return advance
+
+    return prog, factory
+
+
+def train(
+    model_spec: str,
+    dataset: str,
+    out_dir: Path,
+    cfg: TrainConfig,
+    *,
+    data_dir: str | None = None,
+    weights: str | None = None,
+    val_fraction: float = 0.1,
+    device: str | None = None,
+    resume: bool = False,
+    normalization: str | None = None,
+    teacher_weights: str | None = None,
+    force: bool = False,
+    log=print,
+) -> dict:
+    """``edgekit train``: train a model, keep ``best.pt``/``last.pt``/``curves.png`` in ``out_dir``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
+    DistributedDataParallel (NCCL on CUDA, Gloo on CPU); rank 0 writes the files.
+
+    Returns:
+        ``{"best": path, "best_val_top1": float, "test_top1": float, "history": [...]}``.
+
+    Raises:
+        EdgekitError: bad dataset/model, an existing ``out_dir`` without ``--force``
+            or ``--resume``, a missing checkpoint to resume from.
+    """
+    from edgekit.data import load_dataset
+    from edgekit.errors import EdgekitError
+    from edgekit.models import load_model, read_checkpoint, save_checkpoint
+    from edgekit.pipeline import resolve_preprocess
+
+    quiet = log is None
+    log = log or (lambda *_: None)
+    out_dir = Path(out_dir)
+    last, best = out_dir / "last.pt", out_dir / "best.pt"
+    if resume and not last.is_file():
+        raise EdgekitError(f"nothing to resume: {last} does not exist")
+    if not resume and not force and (last.exists() or best.exists()):
+        raise EdgekitError(
+            f"{out_dir} already holds checkpoints", "pass --resume to continue or --force"
+        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
+        if dev.startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            dev = f"cuda:{local}"
+    ds = load_dataset(dataset, data_dir)
+    if ds.train is None:
+        raise EdgekitError(f"dataset {dataset} has no training split")
+    src = str(last) if resume else weights
+    model, meta = load_model(
+        None if resume else model_spec, src, None if resume else ds.num_classes
+    )
+    model_name = meta.get("model", model_spec)
+    pre = resolve_preprocess(ds, model_name, normalization, meta)
+    train_split, val_split = split_train_val(ds.train, val_fraction, cfg.seed)
+    teacher = None
+    if teacher_weights:
+        teacher, _ = load_model(None, teacher_weights, ds.num_classes)
+    state = None
+    best_val = -1.0
+    if resume:
+        obj = read_checkpoint(last)
+        state = obj.get("resume")
+        best_val = float(obj.get("best_val_top1", -1.0))
+        log(f"resuming from {last} at epoch {state['epoch']}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net: nn.Module = model.to(dev)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[torch.device(dev).index] if dev.startswith("cuda") else None
+        )
+    common = {
+        "classes": list(ds.classes),
+        "preprocess": pre.to_dict(),
+        "dataset": ds.name,
+        "train_config": cfg.to_dict(),
+    }
+
+    def on_epoch_end(epoch, entry, st):
+        nonlocal best_val
+        if rank != 0:
+            return
+        val = entry.get("val_top1", entry["train_top1"])
+        improved = val > best_val
+        best_val = max(best_val, val)
+        ckpt_meta = {**common, "history": st["history"], "best_val_top1": best_val}
+        save_checkpoint(
+            last,
+            model,
+            model_name,
+            ds.num_classes,
+            force=True,
+            resume={k: st[k] for k in ("epoch", "optimizer", "scheduler")},
+            **ckpt_meta,
+        )
+        if improved:
+            save_checkpoint(best, model, model_name, ds.num_classes, force=True, **ckpt_meta)
+        plot_curves(st["history"], out_dir / "curves.png")
+        log(
+            f"epoch {entry['epoch']}/{cfg.epochs}: loss {entry['loss']:.3f}, train top-1 "
+            f"{entry['train_top1']:.1f}%"
+            + (f", val top-1 {entry['val_top1']:.2f}%" if "val_top1" in entry else "")
+            + f", lr {entry['lr']:.4f}"
+            + (" (best)" if improved else "")
+        )
+
+    if state:
+        state = {**state, "history": read_checkpoint(last).get("history", [])}
+    prog, factory = _rich_bar(rank == 0 and not quiet)
+    if prog:
+        prog.start()
+    try:
+        history = fit(
+            net,
+            train_split,
+            pre,
+            cfg,
+            hflip=ds.hflip,
+            val_split=val_split,
+            teacher=teacher,
+            device=dev,
+            resume=state,
+            on_epoch_end=on_epoch_end,
+            bar=factory,
+        )
+    finally:
+        if prog:
+            prog.stop()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    best_model, _ = load_model(None, best, None)
+    test_top1 = evaluate(best_model, ds.test, pre)
+    log(f"best {best} (val top-1 {best_val:.2f}%): test top-1 {test_top1:.2f}%")
+    return {
+        "best": str(best),
+        "best_val_top1": best_val,
+        "test_top1": test_top1,
+        "history": history,
+    }

@@ -1,0 +1,521 @@
+"""Structured pruning with torch-pruning (DepGraph): channels are removed physically.
+
+Mask-based pruning (``torch.nn.utils.prune``) keeps tensor shapes and so gives no
+speed-up; here whole output channels of convolutions are removed together with
+every layer that depends on them (BN, the next conv's input channels, residual
+partners), found by torch-pruning's dependency graph (Fang et al. 2023,
+"DepGraph: Towards Any Structural Pruning", CVPR).
+
+Option-A shortcuts (:class:`edgekit.models.PadShortcut`, He et al. 2016) zero-pad
+channels with ``F.pad``, which ties the channels of a whole residual stage in a
+way DepGraph does not model. For models that contain them, edgekit prunes only
+*inside* blocks: the output channels of each block's first conv (its internal
+width), which also shrinks ``bn1`` and the input of ``conv2``. Stage widths (the
+residual stream) stay intact. Other models (e.g. torchvision ResNets with
+projection shortcuts) are pruned with full DepGraph coupling.
+
+Ratios are *channel* pruning ratios per layer (torch-pruning's ``pruning_ratio``);
+``by="macs"`` instead searches the channel ratio (bisection) whose pruned model
+removes at least that fraction of MACs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekit.errors import EdgekitError
+
+IMPORTANCES = ("l1", "l2", "bn", "taylor")
+
+
+@dataclass
+class PruneConfig:
+    """What to prune and how.
+
+    Attributes:
+        ratio: channel pruning ratio in [0, 1) (or MACs reduction with ``by="macs"``).
+        per_layer: optional ``{module name: ratio}`` overriding ``ratio`` for those layers.
+        global_pruning: rank channels across layers (True) or prune every layer by
+            the same ratio (False, "uniform").
+        importance: ``l1`` / ``l2`` (group magnitude), ``bn`` (BN scale, Liu et al.
+            2017 "Network Slimming"), ``taylor`` (first-order Taylor, Molchanov et
+            al. 2019; needs a batch with labels).
+        steps: iterative pruning steps (linear schedule to the target).
+        round_to: kept channel counts are multiples of this (SIMD/tensor-core friendly).
+        ignore: module names never pruned (their outputs); the classifier (last
+            ``nn.Linear``) is always added.
+        by: ``"channels"`` or ``"macs"``.
+        max_layer_ratio: no layer loses more than this fraction (global pruning).
+    """
+
+    ratio: float = 0.5
+    per_layer: dict[str, float] = field(default_factory=dict)
+    global_pruning: bool = False
+    importance: str = "l2"
+    steps: int = 1
+    round_to: int = 8
+    ignore: list[str] = field(default_factory=list)
+    by: str = "channels"
+    max_layer_ratio: float = 0.9
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Raises EdgekitError for a ratio outside [0, 1), unknown importance, bad steps."""
+        for name, r in [("ratio", self.ratio), *self.per_layer.items()]:
+            if not (0.0 <= float(r) < 1.0):
+                raise EdgekitError(
+                    f"pruning ratio {r} for {name} is outside [0, 1)",
+                    "0.5 removes half of the channels; 1.0 would remove a whole layer",
+                )
+        if self.importance not in IMPORTANCES:
+            raise EdgekitError(
+                f"unknown importance {self.importance!r}", f"use one of {', '.join(IMPORTANCES)}"
+            )
+        if self.steps < 1:
+            raise EdgekitError(f"steps must be >= 1, got {self.steps}")
+        if self.round_to is not None and self.round_to < 1:
+            raise EdgekitError(f"round_to must be >= 1, got {self.round_to}")
+        if self.by not in ("channels", "macs"):
+            raise EdgekitError(f"--by must be 'channels' or 'macs', got {self.by!r}")
+
+
+def model_stats(model: nn.Module, example: torch.Tensor) -> dict:
+    """Params, MACs (batch of ``example``, via ``tp.utils.count_ops_and_params``) and size.
+
+    Returns:
+        ``{"params": int, "macs": int, "size_mb": float}``; size is float32 parameters
+        and buffers in MB (1e6 bytes).
+    """
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example)
+    model.train(was_training)
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return {"params": int(params), "macs": int(macs), "size_mb": nbytes / 1e6}
+
+
+def _classifier(model: nn.Module) -> list[str]:
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def _has_option_a(model: nn.Module) -> bool:
+    from edgekit.models import PadShortcut
+
+    return any(isinstance(m, PadShortcut) for m in model.modules())
+
+
+def prunable_layers(model: nn.Module, cfg: PruneConfig) -> list[str]:
+    """Names of the layers whose output channels may be pruned under ``cfg``."""
+    from edgekit.models import BasicBlockA
+
+    ignore = set(cfg.ignore) | set(_classifier(model))
+    if _has_option_a(model):
+        inner = {
+            f"{n}.conv1" if n else "conv1"
+            for n, m in model.named_modules()
+            if isinstance(m, BasicBlockA)
+        }
+        return [n for n in inner if n not in ignore]
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and n not in ignore
+    ]
+
+
+class _ModuleTracker:
+    """Forward pre/post hooks keeping the stack of running modules (for error messages)."""
+
+    def __init__(self, model: nn.Module):
+        self.stack: list[str] = []
+        self.failed: str | None = None
+        self.handles = []
+        for name, m in model.named_modules():
+            if name:
+                self.handles.append(m.register_forward_pre_hook(self._pre(name)))
+                self.handles.append(m.register_forward_hook(self._post()))
+
+    def _pre(self, name):
+        def hook(_m, _i):
+            self.stack.append(name)
+
+        return hook
+
+    def _post(self):
+        def hook(_m, _i, _o):
+            if self.stack:
+                self.stack.pop()
+
+        return hook
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and self.stack:
+            self.failed = self.stack[-1]
+        for h in self.handles:
+            h.remove()
+        return False
+
+
+def _module_error(model: nn.Module, what: str, run: Callable[[], object]):
+    """Run ``run()``; turn an exception into an EdgekitError naming the innermost module."""
+    tracker = _ModuleTracker(model)
+    try:
+        with tracker:
+            return run()
+    except EdgekitError:
+        raise
+    except Exception as e:
+        where = tracker.failed
+        mod = (
+            f"module {where!r} ({type(model.get_submodule(where)).__name__})"
+            if where
+            else "the model"
+        )
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EdgekitError(
+            f"torch-pruning cannot {what}: {mod} failed: {type(e).__name__}: {first}",
+            "the module must be traceable by autograd (no .numpy(), .item() or detach on "
+            "activations); add it to --ignore or rewrite its forward",
+        ) from None
+
+
+def _importance(name: str):
+    import torch_pruning as tp
+
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "bn":
+        return tp.importance.BNScaleImportance()
+    return tp.importance.GroupTaylorImportance()
+
+
+def _kept(c: int, r: float, round_to: int | None) -> int:
+    """Channels torch-pruning keeps of ``c`` at ratio ``r`` (its rounding rule)."""
+    k = int(c * (1 - r))
+    return k - k % round_to if round_to else k
+
+
+def _check_layers(model: nn.Module, cfg: PruneConfig, names: list[str]) -> None:
+    if cfg.global_pruning:
+        return
+    for n in names:
+        m = model.get_submodule(n)
+        c = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        r = cfg.per_layer.get(n, cfg.ratio)
+        if r > 0 and _kept(c, r, cfg.round_to) <= 0:
+            raise EdgekitError(
+                f"pruning ratio {r} would remove all {c} output channels of layer {n!r} "
+                f"(kept channels are rounded down to multiples of round_to={cfg.round_to})",
+                "lower the ratio, lower --round-to, or add the layer to --ignore",
+            )
+
+
+@dataclass
+class PruneResult:
+    before: dict
+    after: dict
+    config: dict
+    channel_ratio: float
+    steps: list[dict]
+
+    @property
+    def macs_reduction(self) -> float:
+        return 1.0 - self.after["macs"] / self.before["macs"]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "macs_reduction": self.macs_reduction}
+
+
+def _one_pass(
+    model: nn.Module,
+    example: torch.Tensor,
+    cfg: PruneConfig,
+    ratio: float,
+    taylor_batch=None,
+    finetune: Callable[[nn.Module, int], None] | None = None,
+    log=lambda *_: None,
+) -> list[dict]:
+    """Prune ``model`` in place at channel ratio ``ratio`` in ``cfg.steps`` steps."""
+    import torch_pruning as tp
+
+    names = prunable_layers(model, cfg)
+    by_name = dict(model.named_modules())
+    unknown = [n for n in cfg.per_layer if n not in by_name]
+    if unknown:
+        raise EdgekitError(
+            f"--layer-ratio names unknown layer(s): {', '.join(unknown)}",
+            "use module names as in model.named_modules(), e.g. layer1.0.conv1",
+        )
+    not_prunable = [n for n in cfg.per_layer if n not in names]
+    if not_prunable:
+        raise EdgekitError(
+            f"layer(s) {', '.join(not_prunable)} cannot be pruned here",
+            f"prunable layers: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}",
+        )
+    _check_layers(model, cfg.__class__(**{**cfg.to_dict(), "ratio": ratio}), names)
+    keep = set(names)
+    ignored = [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and n not in keep
+    ]
+    model.eval()
+
+    def make():
+        return tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=_importance(cfg.importance),
+            global_pruning=cfg.global_pruning,
+            pruning_ratio=ratio,
+            pruning_ratio_dict={by_name[n]: r for n, r in cfg.per_layer.items()} or None,
+            max_pruning_ratio=cfg.max_layer_ratio,
+            iterative_steps=cfg.steps,
+            ignored_layers=ignored,
+            round_to=cfg.round_to,
+        )
+
+    pruner = _module_error(model, "trace this model", make)
+    history = []
+    for step in range(cfg.steps):
+        if cfg.importance == "taylor":
+            if taylor_batch is None:
+                raise EdgekitError("Taylor importance needs a batch of labelled images")
+            x, y = taylor_batch
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+        _module_error(model, "prune this model", pruner.step)
+        model.zero_grad(set_to_none=True)
+        _module_error(model, "run the pruned model", lambda: model.eval()(example))
+        for n in names:
+            m = model.get_submodule(n)
+            c = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            if c < 1:
+                raise EdgekitError(f"pruning removed every channel of layer {n!r}")
+        stats = model_stats(model, example)
+        history.append({"step": step + 1, **stats})
+        log(f"  step {step + 1}/{cfg.steps}: {stats['macs'] / 1e6:.2f} M MACs")
+        if finetune is not None and step + 1 < cfg.steps:
+            finetune(model, step)
+    return history
+
+
+def search_channel_ratio(
+    model: nn.Module, example: torch.Tensor, cfg: PruneConfig, target: float, taylor_batch=None
+) -> float:
+    """Smallest channel ratio (to 1e-3) whose one-step pruning removes >= ``target`` of MACs.
+
+    Raises:
+        EdgekitError: no ratio below ``cfg.max_layer_ratio`` reaches the target.
+    """
+    base = model_stats(model, example)["macs"]
+    one = PruneConfig(**{**cfg.to_dict(), "steps": 1})
+
+    def reduction(r: float) -> float:
+        m = copy.deepcopy(model)
+        try:
+            _one_pass(m, example, one, r, taylor_batch)
+        except EdgekitError:
+            return float("nan")
+        return 1.0 - model_stats(m, example)["macs"] / base
+
+    # torch-pruning's global ranking with round_to is not monotone in the ratio, so scan a
+    # grid first, then bisect between the last grid point short of the target and the first
+    # one that reaches it.
+    top = min(0.95, cfg.max_layer_ratio) if cfg.global_pruning else 0.95
+    grid = [top * i / 16 for i in range(1, 17)]
+    lo, hi = 0.0, None
+    best_seen = 0.0
+    for r in grid:
+        red = reduction(r)
+        if red == red:
+            best_seen = max(best_seen, red)
+        if red >= target:
+            hi = r
+            break
+        lo = r
+    if hi is None:
+        raise EdgekitError(
+            f"no channel ratio removes {target:.0%} of MACs of this model "
+            f"(at most {best_seen:.0%} is reachable)",
+            "lower the target, or use --round-to 1",
+        )
+    for _ in range(6):
+        mid = (lo + hi) / 2
+        if reduction(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def prune_model(
+    model: nn.Module,
+    example: torch.Tensor,
+    cfg: PruneConfig,
+    taylor_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    finetune: Callable[[nn.Module, int], None] | None = None,
+    log=lambda *_: None,
+) -> PruneResult:
+    """Prune ``model`` in place; returns statistics before and after.
+
+    Args:
+        model: the FP32 model (any ``nn.Module`` torch-pruning can trace).
+        example: float32 [1, C, H, W] example input (used for tracing and MACs).
+        cfg: see :class:`PruneConfig`.
+        taylor_batch: ``(x float32 [N,C,H,W], y int64 [N])`` for Taylor importance.
+        finetune: called as ``finetune(model, step)`` *between* iterative steps
+            (fine-tuning after the last step is the caller's job).
+
+    Raises:
+        EdgekitError: invalid config, a layer that would lose all channels, or a
+            model torch-pruning cannot trace (the message names the module).
+    """
+    cfg.validate()
+    before = model_stats(model, example)
+    ratio = cfg.ratio
+    if cfg.by == "macs" and cfg.ratio > 0:
+        ratio = search_channel_ratio(model, example, cfg, cfg.ratio, taylor_batch)
+        log(f"channel ratio {ratio:.3f} removes >= {cfg.ratio:.0%} of MACs")
+    steps = _one_pass(model, example, cfg, ratio, taylor_batch, finetune, log)
+    after = model_stats(model, example)
+    return PruneResult(before, after, cfg.to_dict(), ratio, steps)
+
+
+def prune_and_finetune(
+    model: nn.Module,
+    train_split,
+    preprocess,
+    cfg: PruneConfig,
+    train_cfg=None,
+    hflip: bool = True,
+    distill: bool = False,
+    val_split=None,
+    log=lambda *_: None,
+) -> tuple[PruneResult, list[dict]]:
+    """Prune ``model`` in place and recover accuracy by fine-tuning (optionally with KD).
+
+    With ``cfg.steps`` > 1, ``train_cfg.epochs`` epochs of fine-tuning run between steps
+    and after the last one; with 1 step, once at the end. ``distill`` uses a frozen copy
+    of the unpruned model as teacher (:func:`edgekit.train.kd_loss`). ``train_cfg`` None
+    or ``epochs`` 0 means no fine-tuning.
+
+    Returns:
+        ``(PruneResult, fine-tuning history)``.
+    """
+    from edgekit.train import TrainConfig, fit
+
+    train_cfg = train_cfg or TrainConfig(epochs=0)
+    teacher = copy.deepcopy(model).eval() if distill else None
+    h, w = preprocess.height, preprocess.width
+    example = torch.zeros(1, 3, h, w)
+    taylor = None
+    if cfg.importance == "taylor":
+        n = min(256, len(train_split))
+        taylor = (
+            torch.from_numpy(preprocess.apply(train_split.x[:n])),
+            torch.from_numpy(np.asarray(train_split.y[:n], dtype=np.int64)),
+        )
+    history: list[dict] = []
+
+    def finetune(m, step):
+        if train_cfg.epochs > 0:
+            log(f"  fine-tuning {train_cfg.epochs} epoch(s) after step {step + 1}")
+            history.extend(
+                fit(m, train_split, preprocess, train_cfg, hflip, val_split, teacher=teacher)
+            )
+
+    res = prune_model(model, example, cfg, taylor, finetune, log)
+    log(
+        f"pruned: params {res.before['params']:,} -> {res.after['params']:,}, MACs "
+        f"{res.before['macs'] / 1e6:.2f}M -> {res.after['macs'] / 1e6:.2f}M "
+        f"(-{res.macs_reduction:.1%}), size {res.before['size_mb']:.2f} -> "
+        f"{res.after['size_mb']:.2f} MB"
+    )
+    finetune(model, cfg.steps - 1)
+    model.eval()
+    return res, history
+
+
+def prune_checkpoint(
+    weights: str,
+    out: str,
+    dataset: str,
+    cfg: PruneConfig,
+    *,
+    model: str | None = None,
+    data_dir: str | None = None,
+    finetune_epochs: int = 0,
+    lr: float = 0.01,
+    distill: bool = False,
+    force: bool = False,
+    log=print,
+) -> PruneResult:
+    """``edgekit prune``: prune a checkpoint, fine-tune, save an edgekit checkpoint.
+
+    The output stores the pruned layer shapes (:mod:`edgekit.structure`), so it loads
+    with ``weights_only=True`` via :func:`edgekit.models.load_model`.
+
+    Raises:
+        EdgekitError: see :func:`prune_model`; ``out`` exists without ``force``.
+    """
+    from edgekit.data import load_dataset
+    from edgekit.fileio import check_writable
+    from edgekit.models import load_model, save_checkpoint
+    from edgekit.pipeline import resolve_preprocess
+    from edgekit.train import TrainConfig, evaluate
+
+    check_writable(out, force)
+    cfg.validate()
+    ds = load_dataset(dataset, data_dir)
+    m, meta = load_model(model, weights, None if meta_has_classes(weights) else ds.num_classes)
+    name = meta.get("model", model)
+    pre = resolve_preprocess(ds, name, None, meta)
+    res, hist = prune_and_finetune(
+        m,
+        ds.split("train"),
+        pre,
+        cfg,
+        TrainConfig(epochs=finetune_epochs, lr=lr),
+        ds.hflip,
+        distill,
+        log=log,
+    )
+    top1 = evaluate(m, ds.test, pre)
+    log(f"test top-1 after pruning{' and fine-tuning' if finetune_epochs else ''}: {top1:.2f}%")
+    save_checkpoint(
+        out,
+        m,
+        name,
+        meta.get("num_classes", ds.num_classes),
+        force=force,
+        classes=list(ds.classes),
+        preprocess=pre.to_dict(),
+        dataset=ds.name,
+        history=hist,
+        pruning={**res.to_dict(), "test_top1": top1},
+    )
+    return res
+
+
+def meta_has_classes(weights: str) -> bool:
+    from edgekit.models import CHECKPOINT_FORMAT, read_checkpoint
+
+    return read_checkpoint(weights).get("format") == CHECKPOINT_FORMAT

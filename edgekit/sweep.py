@@ -1,0 +1,112 @@
+"""``edgekit sweep``: the accuracy/latency/size trade-off over pruning ratios.
+
+For each ratio: prune the workspace's model (or the given one), fine-tune, then
+export, lower and benchmark it on the chosen targets with :func:`edgekit.pipeline.run`
+(ratio 0 is the unpruned reference). One report: ``WORK/sweep.json`` (all rows),
+``WORK/sweep.md`` (a table) and ``WORK/sweep.png`` (top-1 vs pruning ratio and vs
+p50 latency, one line per target).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+
+
+def sweep(
+    spec,
+    work: Path,
+    ratios: list[float],
+    *,
+    targets: list[str] | None = None,
+    cfg=None,
+    threads: int | None = None,
+    force: bool = False,
+    log=print,
+) -> list[dict]:
+    """Run the pipeline once per ratio into ``WORK/r{ratio}``; returns all rows.
+
+    ``spec`` is an :class:`edgekit.pipeline.ModelSpec`; its ``prune_options`` apply to
+    every ratio. Each row gains ``pruning_ratio``, ``macs`` and ``params``.
+
+    Raises:
+        EdgekitError: no ratios, or a ratio outside [0, 1).
+    """
+    import copy
+    import json
+
+    from edgekit.fileio import write_json
+    from edgekit.pipeline import run
+
+    if not ratios:
+        raise EdgekitError("--ratios is empty", "e.g. --ratios 0,0.3,0.5,0.7")
+    for r in ratios:
+        if not 0 <= r < 1:
+            raise EdgekitError(f"pruning ratio {r} is outside [0, 1)")
+    work = Path(work)
+    all_rows = []
+    for r in ratios:
+        s = copy.deepcopy(spec)
+        s.prune_ratio = r or None
+        sub = work / f"r{r:g}"
+        log(f"== pruning ratio {r:g} -> {sub}")
+        rows = run(s, sub, targets=targets, cfg=cfg, threads=threads, force=force, log=log)
+        rec = json.loads((sub / "edgekit.json").read_text())
+        pr = rec.get("pruning") or {}
+        after = pr.get("after", {})
+        for row in rows:
+            row.update(pruning_ratio=r, macs=after.get("macs"), params=after.get("params"))
+        all_rows.extend(rows)
+    write_json(work / "sweep.json", all_rows)
+    (work / "sweep.md").write_text(markdown_table(all_rows))
+    plot_sweep(all_rows, work / "sweep.png")
+    return all_rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Ratio, target, status, top-1, p50/p90 latency (ms), size (MB), MACs."""
+
+    def f(v, spec=".2f"):
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "| ratio | target | status | top-1 % | p50 ms | p90 ms | size MB | MACs (M) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        macs = r.get("macs")
+        lines.append(
+            f"| {r['pruning_ratio']:g} | {r.get('target')} | {r.get('status')} | "
+            f"{f(r.get('top1'))} | {f((r.get('latency_ms') or {}).get('p50'), '.3f')} | {f((r.get('latency_ms') or {}).get('p90'), '.3f')} | "
+            f"{f(r.get('size_mb'), '.3f')} | {f(macs / 1e6 if macs else None)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(rows: list[dict], path: Path) -> Path:
+    """Two panels: top-1 vs pruning ratio, top-1 vs p50 latency; one line per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgekit.fileio import atomic_path
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for t in sorted({r.get("target") for r in rows}):
+        pts = [r for r in rows if r.get("target") == t and r.get("top1") is not None]
+        if not pts:
+            continue
+        pts.sort(key=lambda r: r["pruning_ratio"])
+        ax[0].plot([r["pruning_ratio"] for r in pts], [r["top1"] for r in pts], "o-", label=t)
+        lat = [r for r in pts if (r.get("latency_ms") or {}).get("p50") is not None]
+        ax[1].plot([r["latency_ms"]["p50"] for r in lat], [r["top1"] for r in lat], "o-", label=t)
+    ax[0].set(xlabel="pruning ratio", ylabel="top-1 (%)", title="top-1 vs pruning ratio")
+    ax[1].set(xlabel="p50 latency, batch 1 (ms)", ylabel="top-1 (%)", title="top-1 vs latency")
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
