@@ -181,7 +181,9 @@ def kl_divergence(p, q, eps: float = 1e-12) -> float:
     return float(xp.sum(xp.where(mask, p * xp.log(pp / qq), 0.0)))
 
 
-def entropy_threshold(hist, amax: float, num_quant_bins: int = NUM_QUANT_BINS) -> float:
+def entropy_threshold(
+    hist, amax: float, num_quant_bins: int = NUM_QUANT_BINS, ignore_zero_bin: bool = True
+) -> float:
     """TensorRT's entropy calibration: the |x| clip threshold minimising KL divergence.
 
     For each candidate ``i`` from ``num_quant_bins`` to ``B`` bins: the reference
@@ -198,6 +200,11 @@ def entropy_threshold(hist, amax: float, num_quant_bins: int = NUM_QUANT_BINS) -
         hist: counts [B] of ``|x|`` over ``[0, amax]`` (NumPy or CuPy).
         amax: the histogram's upper edge.
         num_quant_bins: quantized levels on one side (127 or 128 for INT8).
+        ignore_zero_bin: replace ``hist[0]`` by ``hist[1]`` first, as NVIDIA's
+            pytorch-quantization histogram calibrator does: after ReLU half the
+            values are exact zeros, and that bin otherwise dominates the divergence
+            and drives the threshold far too low (measured here: ResNet-20 fell to
+            36.9 % top-1 without it).
 
     Returns:
         The threshold (Python float); ``amax`` when ``B <= num_quant_bins``.
@@ -205,6 +212,8 @@ def entropy_threshold(hist, amax: float, num_quant_bins: int = NUM_QUANT_BINS) -
     xp = namespace(hist)
     h = xp.astype(hist, xp.float64)
     nbins = h.shape[0]
+    if ignore_zero_bin and nbins > 1:
+        h = xp.concat([h[1:2], h[1:]])
     if nbins <= num_quant_bins:
         return float(amax)
     total = float(xp.sum(h))

@@ -65,9 +65,12 @@ def test_entropy_by_hand():
     p = np.array([4, 3]) / 7
     q = np.array([4, 2]) / 6
     assert kl_divergence(p, q) == pytest.approx(4 / 7 * math.log(6 / 7) + 3 / 7 * math.log(9 / 7))
-    assert entropy_threshold(np.array([4, 2, 0, 1]), 4.0, num_quant_bins=2) == pytest.approx(2.0)
+    h = np.array([4, 2, 0, 1])
+    assert entropy_threshold(h, 4.0, 2, ignore_zero_bin=False) == pytest.approx(2.0)
     # with a heavier tail the full range wins: [1, 1, 1, 1] -> no clipping pays
-    assert entropy_threshold(np.array([1, 1, 1, 1]), 4.0, num_quant_bins=2) == pytest.approx(4.0)
+    assert entropy_threshold(np.array([1, 1, 1, 1]), 4.0, 2, ignore_zero_bin=False) == 4.0
+    # default: the zero bin is replaced by its neighbour, [2, 2, 0, 1]; at i=4 Q = P, KL 0
+    assert entropy_threshold(h, 4.0, 2) == pytest.approx(4.0)
 
 
 def test_entropy_clips_an_outlier_that_minmax_keeps():
