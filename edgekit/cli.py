@@ -170,11 +170,23 @@ def build(
     work_dir: WorkDir = Path("edgekit-work"),
     target_file: TargetFiles = None,
     force: Force = False,
+    onnx_only: Annotated[
+        bool,
+        typer.Option(
+            "--onnx-only",
+            help="TensorRT targets: write only the ONNX TensorRT would parse (Q/DQ INT8 or "
+            "FP16) to WORK/onnx-for-tensorrt/TARGET, e.g. to build on a Jetson.",
+        ),
+    ] = False,
 ):
     """Build one target from the work directory into WORK/artifacts/TARGET."""
     from edgekit.pipeline import Workspace
     from edgekit.pipeline import build as do_build
 
+    if onnx_only:
+        rec = do_build(Workspace(work_dir), target, target_file, force=force, onnx_only=True)
+        typer.echo(rec["path"])
+        return
     m = do_build(Workspace(work_dir), target, target_file, force=force)
     typer.echo(f"{Path(work_dir) / 'artifacts' / m['target']}  ({m['size_bytes'] / 1e6:.3f} MB)")
 
@@ -598,6 +610,26 @@ def sweep_cmd(
     sweep(spec, work_dir, rs, targets=names, cfg=cfg, threads=threads, force=force, log=_log)
     print((Path(work_dir) / "sweep.md").read_text())
     _log(f"wrote {Path(work_dir) / 'sweep.png'}")
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="First artifact directory (the reference).")],
+    b: Annotated[Path, typer.Argument(help="Second artifact directory.")],
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="Test data (default: from the work dir).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    work_dir: WorkDir = Path("edgekit-work"),
+    images: Annotated[int, typer.Option("--images", help="Test images to compare on.")] = 1000,
+    threads: Threads = None,
+):
+    """Run two artifacts on the same real test images: top-1 agreement, max/mean |logit
+    difference|, cosine similarity (after Polygraphy's comparator)."""
+    from edgekit.compare import compare_artifacts, format_comparison
+
+    res = compare_artifacts(a, b, dataset, data_dir, work_dir, images=images, threads=threads)
+    typer.echo(format_comparison(res))
 
 
 def main() -> None:

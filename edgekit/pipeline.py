@@ -279,13 +279,27 @@ def build_context(ws: Workspace, dataset=None, seed: int | None = None):
 
 
 def build(
-    ws: Workspace, target_name: str, target_files=None, force: bool = False, dataset=None
+    ws: Workspace,
+    target_name: str,
+    target_files=None,
+    force: bool = False,
+    dataset=None,
+    onnx_only: bool = False,
 ) -> dict:
-    """Build one target of the workspace into ``WORK/artifacts/TARGET``."""
+    """Build one target of the workspace into ``WORK/artifacts/TARGET``.
+
+    With ``onnx_only`` (TensorRT targets), write only the ONNX the engine build
+    would parse (Q/DQ INT8 or FP16) into ``WORK/onnx-for-tensorrt/TARGET``; no
+    TensorRT or GPU is needed. Returns that directory's build record then.
+    """
     from edgekit.build import build_target
     from edgekit.targets import get_target
 
     target = get_target(target_name, target_files)
+    if onnx_only:
+        from edgekit.backends.tensorrt import write_onnx_only
+
+        return write_onnx_only(target, build_context(ws, dataset), ws.root, force=force)
     return build_target(
         target, build_context(ws, dataset), ws.artifact_dir(target.name), force=force
     )

@@ -84,6 +84,10 @@ class OnnxRuntimeBackend(Backend):
         return BuildResult(artifact=ARTIFACT, io=onnx_io(out_dir / ARTIFACT))
 
     def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> OrtRunner:
+        if manifest.get("options", {}).get("execution_provider") == "CUDAExecutionProvider":
+            from edgekit.backends.gpu import ort_cuda_runner  # CuPy buffers, IOBinding
+
+            return ort_cuda_runner(artifact_dir / manifest["artifact"], manifest, threads)
         return OrtRunner(artifact_dir / manifest["artifact"], manifest, threads)
 
 
