@@ -406,13 +406,11 @@ def plot_latency_distribution(rows: list[dict], path: Path, force: bool = True) 
     if not data:
         _no_data(ax, "latency samples")
         return _save(fig, path, force)
-    ax.boxplot(
-        [d[1] for d in data],
-        vert=False,
-        whis=(1, 99),
-        showfliers=True,
-        flierprops={"markersize": 2, "alpha": 0.4},
-    )
+    kw = {"whis": (1, 99), "showfliers": True, "flierprops": {"markersize": 2, "alpha": 0.4}}
+    try:  # matplotlib >= 3.10
+        ax.boxplot([d[1] for d in data], orientation="horizontal", **kw)
+    except TypeError:
+        ax.boxplot([d[1] for d in data], vert=False, **kw)
     ax.set_yticks(range(1, len(data) + 1), [d[0] for d in data], fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("latency per query, batch 1 (ms, log scale); whiskers p1..p99")
