@@ -342,7 +342,7 @@ def run(
         log=_log,
     )
     print_table(rows, title=f"edgekit run: {spec.model or 'default model'} on {dataset}")
-    _log(f"wrote {Path(work_dir) / 'report.json'}")
+    _log(f"wrote {Path(work_dir) / 'report'}.json/.csv/.md and the PNG plots in {work_dir}")
 
 
 @app.command("targets")
