@@ -224,9 +224,27 @@ def bench(
         ),
     ] = True,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON report path.")] = None,
+    isolate: Annotated[
+        bool,
+        typer.Option(
+            "--isolate/--in-process",
+            help="Measure each artifact in a fresh process (own peak memory, crash-safe).",
+        ),
+    ] = True,
 ):
-    """Benchmark artifacts: latency percentiles, throughput, size and top-1/top-5."""
-    from edgekit.harness import add_ratios, bench_artifact, check_threads, environment
+    """Benchmark artifacts: latency percentiles, throughput, size and top-1/top-5.
+
+    Each artifact is measured in a fresh process; one that fails is a row with the
+    reason, and the exit status is then 1."""
+    from edgekit.harness import (
+        add_ratios,
+        bench_many,
+        check_batch_sizes,
+        check_threads,
+        environment,
+        manifest_batch_range,
+    )
+    from edgekit.manifest import read_manifest
     from edgekit.pipeline import Workspace, load_workspace_dataset
     from edgekit.report import print_table, write_report
 
@@ -234,6 +252,7 @@ def bench(
         _log(f"warning: {w}")
     cfg = _bench_config(quick, min_queries, min_duration, batch_sizes)
     cfg.accuracy = not no_accuracy
+    cfg.strict_batch = bool(batch_sizes)
     dirs: list[Path] = list(artifact or [])
     ws = Workspace(work_dir)
     if target:
@@ -250,6 +269,12 @@ def bench(
             dirs.append(d)
     if not dirs:
         raise EdgekitError("nothing to benchmark", "pass --target NAME or --artifact DIR")
+    classes = None
+    for d in dirs:  # user mistakes first, before minutes of measuring
+        m = read_manifest(d, verify=False)
+        classes = classes or m.get("classes")
+        if cfg.strict_batch:
+            check_batch_sizes(m["target"], manifest_batch_range(m), cfg.batch_sizes)
     if dataset:
         from edgekit.data import load_dataset
 
@@ -260,16 +285,18 @@ def bench(
         test = None
         if cfg.accuracy:
             _log("no --dataset given: accuracy is skipped, latency uses random images")
-    rows = []
-    for d in dirs:
-        _log(f"benchmarking {d}")
-        rows.append(bench_artifact(d, test, cfg, threads))
+    rows = bench_many(dirs, test, cfg, threads, isolate=isolate, log=_log)
     add_ratios(rows)
     print_table(rows)
     out = output or (ws.root / "bench.json" if target else None)
     if out:
-        write_report(out, rows, environment(threads), cfg.to_dict())
+        meta = {"labels": test.y.tolist(), "classes": classes} if test is not None else {}
+        write_report(out, rows, environment(threads), cfg.to_dict(), meta=meta)
         _log(f"wrote {out}")
+    failed = [r["target"] for r in rows if r["status"] == "failed"]
+    if failed:
+        print(f"error: {len(failed)} target(s) failed: {', '.join(failed)}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -335,7 +362,7 @@ def run(
         log=_log,
     )
     print_table(rows, title=f"edgekit run: {spec.model or 'default model'} on {dataset}")
-    _log(f"wrote {Path(work_dir) / 'report.json'}")
+    _log(f"wrote {Path(work_dir) / 'report'}.json/.csv/.md and the PNG plots in {work_dir}")
 
 
 @app.command("targets")
@@ -630,6 +657,29 @@ def compare(
 
     res = compare_artifacts(a, b, dataset, data_dir, work_dir, images=images, threads=threads)
     typer.echo(format_comparison(res))
+
+
+@app.command()
+def report(
+    results: Annotated[
+        list[Path], typer.Argument(help="Result JSON file(s) of edgekit bench/run, merged.")
+    ],
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Where the report files go.")
+    ] = Path("edgekit-report"),
+    confusion: Annotated[
+        bool, typer.Option("--confusion", help="Also a confusion-matrix PNG per target.")
+    ] = False,
+    force: Force = False,
+):
+    """Table, JSON, CSV, Markdown and PNG plots from one or more result files
+    (several runs or devices are merged, each row labelled with its run)."""
+    from edgekit.report import make_report, print_table
+
+    merged, written = make_report(results, output_dir, confusion=confusion, force=force)
+    print_table(merged["rows"], title="edgekit report")
+    for p in written:
+        _log(f"wrote {p}")
 
 
 def main() -> None:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -35,6 +38,8 @@ class BenchConfig:
         throughput_min_s: seconds per batch size in the throughput sweep.
         accuracy: run the accuracy pass.
         accuracy_batch: batch size of the accuracy pass (clipped to the artifact's range).
+        strict_batch: a batch size of the sweep the artifact cannot take is an error
+            (set when the user chose ``--batch-sizes``); otherwise it is skipped.
     """
 
     warmup_queries: int = 20
@@ -44,6 +49,7 @@ class BenchConfig:
     throughput_min_s: float = 2.0
     accuracy: bool = True
     accuracy_batch: int = 128
+    strict_batch: bool = False
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -166,8 +172,65 @@ def measure_accuracy(
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process so far (MB).
+
+    Reads ``VmHWM`` from ``/proc/self/status`` (the high-water mark of this
+    process's own address space) on Linux. ``getrusage`` is only the fallback:
+    after ``fork``/``vfork`` + ``exec`` its ``ru_maxrss`` can carry the parent's
+    peak, which would make a per-target subprocess report the parent's memory.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def gpu_memory_mb(runner) -> float | None:
+    """GPU memory a runner reports (MB), or None.
+
+    A GPU runner may expose ``gpu_memory_mb`` as a number or a method returning
+    its peak device memory; CPU runners need not define it.
+    """
+    v = getattr(runner, "gpu_memory_mb", None)
+    if callable(v):
+        try:
+            v = v()
+        except Exception:
+            return None
+    return float(v) if isinstance(v, int | float) else None
+
+
+def manifest_batch_range(manifest: dict) -> tuple[int, int | None]:
+    """``(min, max)`` batch sizes from a manifest's ``io.batch`` (``(1, None)``: dynamic)."""
+    b = (manifest.get("io") or {}).get("batch")
+    return (b.get("min", 1), b.get("max")) if b else (1, None)
+
+
+def check_batch_sizes(target: str, batch_range: tuple[int, int | None], batch_sizes) -> None:
+    """Refuse batch sizes a static-batch artifact cannot take.
+
+    Args:
+        target: the target's name, for the message.
+        batch_range: ``(min, max)`` of the runner or :func:`manifest_batch_range`.
+        batch_sizes: the requested sizes.
+
+    Raises:
+        EdgekitError: a size outside the artifact's batch range.
+    """
+    lo, hi = batch_range
+    bad = [n for n in batch_sizes if n < lo or (hi is not None and n > hi)]
+    if bad:
+        fixed = f"batch {lo}" if lo == hi else f"batch {lo}..{hi}"
+        raise EdgekitError(
+            f"{target} is a static-batch artifact ({fixed}) and cannot take "
+            f"batch size {', '.join(map(str, bad))}",
+            f"pass --batch-sizes {lo}, or rebuild it from an ONNX model with a dynamic batch axis",
+        )
 
 
 def check_threads(threads: int | None) -> list[str]:
@@ -213,17 +276,64 @@ def cpu_flags() -> dict:
     return {"cpu": model, "isa": isa}
 
 
+#: Packages whose versions are recorded with every result (from metadata, not imported).
+VERSIONED = (
+    "edgekit",
+    "numpy",
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorrt",
+    "cupy-cuda12x",
+    "cupy-cuda13x",
+    "openvino",
+    "nncf",
+)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def gpu_names() -> list[str]:
+    """GPU names from ``nvidia-smi`` (empty without one; never raises)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
 def environment(threads: int | None) -> dict:
-    """What every result is recorded with: machine, ISA, versions, threads."""
+    """What every result is recorded with: machine, CPU and ISA, GPU, versions, threads.
+
+    Nothing heavy is imported; torch's thread count is recorded only when torch is
+    already loaded in this process.
+    """
     from edgekit.manifest import package_versions
 
+    thread_env = {k: os.environ[k] for k in THREAD_VARS if k in os.environ}
+    if "torch" in sys.modules:
+        thread_env["torch_num_threads"] = sys.modules["torch"].get_num_threads()
     return {
+        "host": platform.node(),
+        "system": platform.system(),
         "machine": platform.machine(),
         **cpu_flags(),
         "cores": os.cpu_count(),
+        "gpus": gpu_names(),
         "python": platform.python_version(),
-        "versions": package_versions(),
+        "versions": package_versions(VERSIONED),
         "threads": threads,
+        "thread_env": thread_env,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -258,8 +368,11 @@ def bench_artifact(artifact_dir, test_split, cfg: BenchConfig, threads: int | No
         pool = pre.apply(pool_imgs)
         if not accepts_batch(runner, 1):
             raise EdgekitError(
-                f"{manifest['target']} does not accept batch 1 (batch range {runner.batch_range})"
+                f"{manifest['target']} is a static-batch artifact (batch range "
+                f"{runner.batch_range}) and cannot take batch 1, which latency is measured at"
             )
+        if cfg.strict_batch:
+            check_batch_sizes(manifest["target"], runner.batch_range, cfg.batch_sizes)
         try:
             lat, samples = measure_latency(runner, pool[:1], cfg)
             thr = measure_throughput(runner, pool, cfg)
@@ -282,6 +395,7 @@ def bench_artifact(artifact_dir, test_split, cfg: BenchConfig, threads: int | No
             accuracy=acc,
             threads=threads,
             device=runner.device,
+            gpu_mem_mb=gpu_memory_mb(runner),
         )
     finally:
         runner.close()
@@ -299,8 +413,14 @@ def result_row(
     accuracy=None,
     threads=None,
     device: str | None = None,
+    gpu_mem_mb: float | None = None,
+    rss_mb: float | None = None,
 ) -> dict:
-    """One report row. ``status``: ``ok``, ``failed`` or ``unavailable``."""
+    """One report row. ``status``: ``ok``, ``failed`` or ``unavailable``.
+
+    ``peak_rss_mb`` is this process's peak resident memory unless ``rss_mb`` is
+    given; under :func:`bench_isolated` the process measured only this target.
+    """
     m = manifest or {}
     row = {
         "target": target or m.get("target"),
@@ -319,9 +439,132 @@ def result_row(
         "top1": accuracy["top1"] if accuracy else None,
         "top5": accuracy["top5"] if accuracy else None,
         "predictions": accuracy["predictions"] if accuracy else None,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb() if rss_mb is None else rss_mb,
+        "gpu_mem_mb": gpu_mem_mb,
     }
     return row
+
+
+def failure_row(artifact_dir, exc: BaseException) -> dict:
+    """The row of a target that could not be measured: ``unavailable`` or ``failed``.
+
+    The target name comes from the manifest when it can be read, else from the
+    directory name; the reason is the error's first line.
+    """
+    from pathlib import Path
+
+    from edgekit.errors import UnavailableError
+
+    manifest = None
+    try:
+        from edgekit.manifest import read_manifest
+
+        manifest = read_manifest(artifact_dir, verify=False)
+    except Exception:
+        pass
+    if isinstance(exc, EdgekitError):
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    status = "unavailable" if isinstance(exc, UnavailableError) else "failed"
+    row = result_row(
+        manifest, status=status, target=None if manifest else Path(artifact_dir).name, reason=reason
+    )
+    row["peak_rss_mb"] = None
+    return row
+
+
+def _bench_worker(conn, artifact_dir, test_split, cfg, threads) -> None:
+    """Child side of :func:`bench_isolated`: measure, send one row, exit."""
+    try:
+        row = bench_artifact(artifact_dir, test_split, cfg, threads)
+    except BaseException as e:  # every failure becomes a row for the parent
+        row = failure_row(artifact_dir, e)
+    conn.send(row)
+    conn.close()
+
+
+def bench_isolated(
+    artifact_dir, test_split, cfg: BenchConfig, threads: int | None = None, timeout_s=None
+) -> dict:
+    """:func:`bench_artifact` in a fresh process (``multiprocessing`` spawn).
+
+    Each target then gets its own peak resident memory, an ONNX Runtime artifact
+    is not measured in a process that has imported torch, and a runner that
+    crashes the interpreter (segfault, abort, out of memory) becomes a
+    ``failed`` row instead of ending the benchmark. Never raises for a target
+    problem; scripts calling it need the usual ``if __name__ == "__main__":`` guard.
+
+    Args:
+        artifact_dir: a directory with ``manifest.json``.
+        test_split: :class:`edgekit.data.Split` or None (sent to the child by pickle).
+        cfg: measurement rules.
+        threads: intra-op threads.
+        timeout_s: kill the child after this many seconds (None: no limit).
+
+    Returns:
+        A result row with status ``ok``, ``failed`` or ``unavailable``.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(
+        target=_bench_worker, args=(send, str(artifact_dir), test_split, cfg, threads), daemon=True
+    )
+    proc.start()
+    send.close()
+    row = None
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while row is None:
+            if recv.poll(0.2):
+                try:
+                    row = recv.recv()
+                except EOFError:
+                    break
+            elif not proc.is_alive() and not recv.poll(0):
+                break
+            elif deadline is not None and time.monotonic() > deadline:
+                proc.kill()
+                proc.join()
+                return failure_row(artifact_dir, EdgekitError(f"timed out after {timeout_s:.0f} s"))
+    finally:
+        recv.close()
+    proc.join(timeout=30)
+    if row is None:
+        code = proc.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return failure_row(
+            artifact_dir, EdgekitError(f"the runner process died ({how}) before reporting")
+        )
+    return row
+
+
+def bench_many(
+    dirs, test_split, cfg: BenchConfig, threads: int | None = None, isolate: bool = True, log=None
+) -> list[dict]:
+    """Measure several artifact directories; a failing one is a row, never an abort.
+
+    Args:
+        isolate: one fresh process per artifact (:func:`bench_isolated`).
+        log: ``callable(str)`` for progress, or None.
+    """
+    rows = []
+    for d in dirs:
+        if log:
+            log(f"benchmarking {d}")
+        if isolate:
+            row = bench_isolated(d, test_split, cfg, threads)
+        else:
+            try:
+                row = bench_artifact(d, test_split, cfg, threads)
+            except Exception as e:
+                row = failure_row(d, e)
+        if log and row["status"] != "ok":
+            log(f"{row['target']}: {row['status']}: {row['reason']}")
+        rows.append(row)
+    return rows
 
 
 def add_ratios(

@@ -325,11 +325,13 @@ def run(
     """The main job: prepare, build every target, benchmark every artifact.
 
     A target that is unavailable or fails becomes a row with the reason; it never
-    stops the others. Returns the report rows (also written to ``WORK/report.json``).
+    stops the others. Each artifact is measured in a fresh process
+    (:func:`edgekit.harness.bench_isolated`). Returns the report rows; the report
+    (``report.json``/``.csv``/``.md`` and the PNG plots) is written into ``WORK``.
     """
     from edgekit.build import build_target
-    from edgekit.harness import BenchConfig, add_ratios, bench_artifact, environment, result_row
-    from edgekit.report import write_report
+    from edgekit.harness import BenchConfig, add_ratios, bench_isolated, environment, result_row
+    from edgekit.report import merge_reports, write_all
     from edgekit.targets import get_target, unavailable_reason
 
     cfg = cfg or BenchConfig()
@@ -352,7 +354,10 @@ def run(
             log(f"{t.name}: building")
             build_target(t, ctx, ws.artifact_dir(t.name), force=True)
             log(f"{t.name}: benchmarking")
-            rows.append(bench_artifact(ws.artifact_dir(t.name), ds.test, cfg, threads))
+            row = bench_isolated(ws.artifact_dir(t.name), ds.test, cfg, threads)
+            if row["status"] != "ok":
+                log(f"{t.name}: {row['status']}: {row['reason']}")
+            rows.append(row)
         except UnavailableError as e:
             rows.append(result_row(None, status="unavailable", target=t.name, reason=str(e)))
         except EdgekitError as e:
@@ -363,11 +368,17 @@ def run(
             log(f"{t.name}: failed: {reason}")
             rows.append(result_row(None, status="failed", target=t.name, reason=reason))
     add_ratios(rows)
-    write_report(
-        ws.root / "report.json",
-        rows,
-        environment(threads),
-        cfg.to_dict(),
-        meta={"dataset": rec["dataset"], "model": rec["model"]},
-    )
+    report = {
+        "schema": "edgekit-report/1",
+        "environment": environment(threads),
+        "config": cfg.to_dict(),
+        "meta": {
+            "dataset": rec["dataset"],
+            "model": rec["model"],
+            "classes": rec.get("classes"),
+            "labels": ds.test.y.tolist(),
+        },
+        "rows": rows,
+    }
+    write_all(merge_reports([report]), ws.root, stem="report")
     return rows
