@@ -89,11 +89,14 @@ def engine_problem(engine: str, machine: str | None = None) -> str | None:
 
 @contextlib.contextmanager
 def quiet_torch_ao():
-    """Silence the torch.ao / TorchScript deprecation warnings inside the block."""
+    """Silence the torch.ao / TorchScript deprecation and tracer warnings inside the block."""
+    import torch
+
     with warnings.catch_warnings():
         for cat in (DeprecationWarning, FutureWarning, UserWarning):
             warnings.filterwarnings("ignore", category=cat, module=r"torch\.ao\..*")
             warnings.filterwarnings("ignore", category=cat, module=r"torch\.jit\..*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*")
         warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecat.*")
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+.*deprecat.*")
@@ -146,6 +149,21 @@ class TorchScriptBackend(Backend):
         "fp32": {},
         "int8": {"engine": "auto", "calib_per_class": 32, "calib_batch": 32},
     }
+
+    def resolve_options(self, precision: str, options: dict, where: str = "") -> dict:
+        """As :meth:`Backend.resolve_options`, and check ``engine``'s value.
+
+        Raises:
+            EdgekitError: unknown option, or an engine other than auto/x86/fbgemm/onednn/qnnpack.
+        """
+        opts = super().resolve_options(precision, options, where)
+        engine = opts.get("engine", "auto")
+        if engine != "auto" and engine not in ENGINE_ARCHS:
+            raise EdgekitError(
+                f"{where}: unknown engine {engine!r}",
+                f"use auto or one of {', '.join(ENGINE_ARCHS)}",
+            )
+        return opts
 
     def unavailable_reason(self, target) -> str | None:
         reason = super().unavailable_reason(target)
