@@ -13,6 +13,8 @@ through a ``CalibrationDataReader``.
 
 from __future__ import annotations
 
+import contextlib
+import io as io_mod
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,6 +49,7 @@ INT8_DEFAULTS = {
     "nodes_to_exclude": [],
     "op_types_to_quantize": [],
     "unsupported_ops": "fp32",
+    "strip_names": True,
 }
 
 
@@ -175,6 +178,37 @@ def check_int8_options(opts: dict, where: str) -> dict:
     return out
 
 
+def strip_names(path: Path) -> None:
+    """Shrink an ONNX file in place: drop node names, doc strings and ``value_info``,
+    and rename internal tensors to short ids (graph inputs/outputs keep their names).
+
+    The computation is unchanged; only debugging names go. On a small model
+    (ResNet-20, 0.27 M parameters) the QDQ graph's long names are ~7% of the file.
+    """
+    import onnx
+
+    m = onnx.load(str(path))
+    g = m.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    names: dict[str, str] = {}
+
+    def short(x: str) -> str:
+        if not x or x in keep:
+            return x
+        return names.setdefault(x, f"t{len(names)}")
+
+    for t in g.initializer:
+        t.name = short(t.name)
+    for n in g.node:
+        n.name, n.doc_string = "", ""
+        for i, x in enumerate(n.input):
+            n.input[i] = short(x)
+        for i, x in enumerate(n.output):
+            n.output[i] = short(x)
+    del g.value_info[:]
+    onnx.save(m, str(path))
+
+
 def unquantizable_nodes(model, op_types: set[str]) -> list[tuple[str, str]]:
     """``(node name, op type)`` of compute nodes ONNX Runtime will leave in FP32."""
     return [
@@ -266,17 +300,19 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
             )
         extra_options = {"CalibPercentile": float(opts["percentile"])}
         try:
-            quantize_static(
-                str(pre),
-                str(out_dir / ARTIFACT),
-                Reader(),
-                per_channel=bool(opts["per_channel"]),
-                reduce_range=bool(opts["reduce_range"]),
-                nodes_to_exclude=list(opts["nodes_to_exclude"]) or None,
-                op_types_to_quantize=list(opts["op_types_to_quantize"]) or None,
-                extra_options=extra_options,
-                **mapped,
-            )
+            # Entropy/Percentile calibrators print progress to stdout: keep it off the CLI.
+            with contextlib.redirect_stdout(io_mod.StringIO()):
+                quantize_static(
+                    str(pre),
+                    str(out_dir / ARTIFACT),
+                    Reader(),
+                    per_channel=bool(opts["per_channel"]),
+                    reduce_range=bool(opts["reduce_range"]),
+                    nodes_to_exclude=list(opts["nodes_to_exclude"]) or None,
+                    op_types_to_quantize=list(opts["op_types_to_quantize"]) or None,
+                    extra_options=extra_options,
+                    **mapped,
+                )
         except EdgekitError:
             raise
         except Exception as e:
@@ -285,6 +321,8 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
                 f"{where}: ONNX Runtime's quantizer failed: {first}",
                 "keep the offending node in FP32 with nodes_to_exclude = [...] in the target file",
             ) from None
+    if opts["strip_names"]:
+        strip_names(out_dir / ARTIFACT)
     calib["method"] = opts["calibration_method"]
     calib["batch"] = bs
     quant = {
