@@ -7,6 +7,7 @@ renamed into place, so a failed build never leaves a directory that looks valid.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from edgekit.backends import get_backend
@@ -43,7 +44,9 @@ def build_target(
         raise UnavailableError(f"target {target.name} is unavailable here: {reason}")
     backend = get_backend(target.backend)
     with atomic_dir(out_dir, force=force) as tmp:
+        t0 = time.perf_counter()
         res = backend.build(ctx, target, tmp)
+        build_seconds = round(time.perf_counter() - t0, 3)
         manifest = make_manifest(
             target=target.to_dict(),
             artifact=res.artifact,
@@ -53,7 +56,7 @@ def build_target(
             classes=list(ctx.classes),
             source=source_record(ctx),
             calibration=res.calibration,
-            extra=res.extra,
+            extra={**res.extra, "build_seconds": build_seconds},
         )
         write_manifest(tmp, manifest)
     return manifest

@@ -110,6 +110,21 @@ class BuildContext:
         }
         return x, self.calib_split.y[idx], rec
 
+    def calibration_for(self, target_name: str, per_class: int):
+        """:meth:`calibration_set` with the error naming the target and its option.
+
+        Raises:
+            EdgekitError: as :meth:`calibration_set`, hinting at ``calib_per_class``.
+        """
+        try:
+            return self.calibration_set(per_class)
+        except EdgekitError as e:
+            raise EdgekitError(
+                f"{target_name}: calibration set smaller than asked: {e.message}",
+                f"lower calib_per_class (now {per_class}) in the target file "
+                "(--target-file), or give a dataset with more training images",
+            ) from None
+
     def torch_model(self):
         """The FP32 PyTorch model in eval mode, from ``checkpoint_path``.
 

@@ -1,0 +1,288 @@
+"""TorchScript backend: ``ts-fp32`` (traced + frozen) and ``ts-fx-int8`` (FX PTQ).
+
+``ts-fp32`` traces the FP32 model with ``torch.jit.trace`` and freezes it with
+``torch.jit.freeze`` (PyTorch docs, "TorchScript"). ``ts-fx-int8`` is FX
+graph-mode post-training static quantization (PyTorch docs, "Quantization",
+FX Graph Mode): ``prepare_fx`` with the engine's default qconfig mapping,
+class-balanced calibration, ``convert_fx``, then trace + freeze. Both are
+saved with ``torch.jit.save`` as ``model.ts.pt``.
+
+Quantized kernels belong to an *engine*: ``x86`` (fbgemm + oneDNN) on x86-64
+and ``qnnpack`` on ARM. The engine is recorded in the manifest and set again
+with ``torch.backends.quantized.engine`` when the artifact is loaded; an
+artifact whose engine does not belong to this machine's architecture is
+refused. ``torch.ao.quantization`` is deprecated in favour of torchao's PT2E
+flow (``prepare_pt2e``/``convert_pt2e``); its warnings are filtered around the
+calls so they do not flood the user (see docs/targets.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.backends.base import Backend, BuildContext, BuildResult
+from edgekit.errors import EdgekitError
+
+ARTIFACT = "model.ts.pt"
+
+#: quantized engine -> the machine architectures (``platform.machine()``) it is for.
+ENGINE_ARCHS = {
+    "x86": ("x86_64", "AMD64", "i686"),
+    "fbgemm": ("x86_64", "AMD64", "i686"),
+    "onednn": ("x86_64", "AMD64"),
+    "qnnpack": ("aarch64", "arm64", "armv7l", "armv8l"),
+}
+
+
+def arch_family(machine: str) -> str:
+    """``"x86"`` or ``"arm"`` (or the raw name) for a ``platform.machine()`` value."""
+    m = machine.lower()
+    if m in ("x86_64", "amd64", "i686", "i386"):
+        return "x86"
+    if m.startswith(("aarch64", "arm")):
+        return "arm"
+    return m
+
+
+def auto_engine(machine: str | None = None) -> str:
+    """The quantized engine for an architecture: ``x86`` on x86-64, ``qnnpack`` on ARM.
+
+    Raises:
+        EdgekitError: an architecture with no known engine.
+    """
+    fam = arch_family(machine or platform.machine())
+    if fam == "x86":
+        return "x86"
+    if fam == "arm":
+        return "qnnpack"
+    raise EdgekitError(
+        f"no quantized engine is known for the {machine or platform.machine()} architecture",
+        'set engine = "x86" or "qnnpack" in the target file',
+    )
+
+
+def engine_problem(engine: str, machine: str | None = None) -> str | None:
+    """Why ``engine`` cannot run on this machine (architecture or torch build); None if it can."""
+    import torch
+
+    here = machine or platform.machine()
+    if engine not in ENGINE_ARCHS:
+        return f"unknown quantized engine {engine!r} (known: {', '.join(ENGINE_ARCHS)})"
+    if arch_family(here) not in {arch_family(a) for a in ENGINE_ARCHS[engine]}:
+        return (
+            f"the artifact uses the {engine} quantized engine, which is for "
+            f"{'/'.join(ENGINE_ARCHS[engine][:2])}, but this machine is {here}; "
+            f'rebuild it here (engine = "auto" picks {auto_engine(here)})'
+        )
+    if engine not in torch.backends.quantized.supported_engines:
+        return (
+            f"this torch build lacks the {engine} quantized engine "
+            f"(it has {', '.join(torch.backends.quantized.supported_engines)})"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def quiet_torch_ao():
+    """Silence the torch.ao / TorchScript deprecation and tracer warnings inside the block."""
+    import torch
+
+    with warnings.catch_warnings():
+        for cat in (DeprecationWarning, FutureWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=cat, module=r"torch\.ao\..*")
+            warnings.filterwarnings("ignore", category=cat, module=r"torch\.jit\..*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*")
+        warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecat.*")
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+.*deprecat.*")
+        warnings.filterwarnings(
+            "ignore", message=r".*must run observer before calling calculate_qparams.*"
+        )
+        yield
+
+
+class TorchScriptRunner:
+    """A frozen ``torch.jit.ScriptModule`` behind the :class:`Runner` protocol."""
+
+    device = "cpu"
+
+    def __init__(self, path: Path, manifest: dict, threads: int | None):
+        import torch
+
+        engine = manifest.get("quantized_engine")
+        if engine:
+            problem = engine_problem(engine)
+            if problem:
+                raise EdgekitError(f"cannot load {path}: {problem}")
+            torch.backends.quantized.engine = engine
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        try:
+            with quiet_torch_ao():
+                self.module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise EdgekitError(f"TorchScript cannot load {path}: {first}") from None
+        self.module.eval()
+        b = manifest["io"].get("batch")
+        self.batch_range = (b["min"], b["max"]) if b else (1, None)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.module(self.torch.from_numpy(x)).float().numpy()
+
+    def close(self) -> None:
+        self.module = None
+
+
+class TorchScriptBackend(Backend):
+    name = "torchscript"
+    packages = ("torch",)
+    install_hint = "pip install 'edgekit[build]'"
+    option_defaults = {
+        "fp32": {},
+        "int8": {"engine": "auto", "calib_per_class": 32, "calib_batch": 32},
+    }
+
+    def resolve_options(self, precision: str, options: dict, where: str = "") -> dict:
+        """As :meth:`Backend.resolve_options`, and check ``engine``'s value.
+
+        Raises:
+            EdgekitError: unknown option, or an engine other than auto/x86/fbgemm/onednn/qnnpack.
+        """
+        opts = super().resolve_options(precision, options, where)
+        engine = opts.get("engine", "auto")
+        if engine != "auto" and engine not in ENGINE_ARCHS:
+            raise EdgekitError(
+                f"{where}: unknown engine {engine!r}",
+                f"use auto or one of {', '.join(ENGINE_ARCHS)}",
+            )
+        return opts
+
+    def unavailable_reason(self, target) -> str | None:
+        reason = super().unavailable_reason(target)
+        if reason or target.precision != "int8":
+            return reason
+        engine = target.options.get("engine", "auto")
+        if engine == "auto":
+            try:
+                engine = auto_engine()
+            except EdgekitError as e:
+                return e.message
+        import torch
+
+        if engine not in torch.backends.quantized.supported_engines:
+            return f"this torch build lacks the {engine} quantized engine"
+        return None
+
+    def runtime_unavailable_reason(self, manifest: dict) -> str | None:
+        reason = super().runtime_unavailable_reason(manifest)
+        if reason:
+            return reason
+        engine = manifest.get("quantized_engine")
+        return engine_problem(engine) if engine else None
+
+    def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:
+        import torch
+
+        model = ctx.torch_model().eval()
+        h, w = ctx.preprocess.height, ctx.preprocess.width
+        example = torch.zeros(1, 3, h, w)
+        calib = None
+        extra: dict = {"build_arch": platform.machine()}
+        if target.precision == "int8":
+            model, calib, engine = self._quantize_fx(ctx, model, target.options, target.name)
+            extra["quantized_engine"] = engine
+            extra["quantization"] = {
+                "tool": "torch.ao.quantization.quantize_fx (prepare_fx/convert_fx)",
+                "qconfig_mapping": f"get_default_qconfig_mapping({engine!r})",
+            }
+        with quiet_torch_ao(), torch.inference_mode():
+            try:
+                traced = torch.jit.trace(model, example, check_trace=False)
+                frozen = torch.jit.freeze(traced.eval())
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise EdgekitError(
+                    f"{target.name}: torch.jit.trace/freeze failed: {first}",
+                    "the model must be traceable (no data-dependent control flow)",
+                ) from None
+            # Traced graphs may bake the batch size in; check that batch 4 runs.
+            try:
+                out = frozen(torch.zeros(4, 3, h, w))
+                dynamic = tuple(out.shape) == (4, len(ctx.classes))
+            except Exception:
+                dynamic = False
+        with quiet_torch_ao():
+            torch.jit.save(frozen, str(out_dir / ARTIFACT))
+        io = {
+            "input": "input",
+            "output": "logits",
+            "input_shape": ["batch" if dynamic else 1, 3, h, w],
+            "output_shape": ["batch" if dynamic else 1, len(ctx.classes)],
+            "dtype": "float32",
+            "batch": None if dynamic else {"min": 1, "max": 1},
+        }
+        return BuildResult(artifact=ARTIFACT, io=io, calibration=calib, extra=extra)
+
+    @staticmethod
+    def _quantize_fx(ctx: BuildContext, model, opts: dict, where: str):
+        """FX PTQ: prepare_fx -> calibrate -> convert_fx. Returns (model, calib record, engine)."""
+        import torch
+
+        engine = opts["engine"]
+        if engine == "auto":
+            engine = auto_engine()
+        if engine not in ENGINE_ARCHS:
+            raise EdgekitError(
+                f"{where}: unknown engine {engine!r}",
+                f"use auto or one of {', '.join(ENGINE_ARCHS)}",
+            )
+        if engine not in torch.backends.quantized.supported_engines:
+            raise EdgekitError(f"{where}: this torch build lacks the {engine} quantized engine")
+        for key in ("calib_per_class", "calib_batch"):
+            v = opts[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise EdgekitError(f"{where}: option {key} must be a positive integer, got {v!r}")
+        x, _, calib = ctx.calibration_for(where, opts["calib_per_class"])
+        prev = torch.backends.quantized.engine
+        torch.backends.quantized.engine = engine
+        try:
+            with quiet_torch_ao():
+                from torch.ao.quantization import get_default_qconfig_mapping
+                from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+                h, w = ctx.preprocess.height, ctx.preprocess.width
+                try:
+                    prepared = prepare_fx(
+                        model, get_default_qconfig_mapping(engine), (torch.zeros(1, 3, h, w),)
+                    )
+                except Exception as e:
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise EdgekitError(
+                        f"{where}: FX cannot trace the model for quantization: {first}",
+                        "FX graph mode needs symbolically traceable forward(); "
+                        "try ort-cpu-int8 instead",
+                    ) from None
+                bs = int(opts["calib_batch"])
+                with torch.inference_mode():
+                    for i in range(0, len(x), bs):
+                        prepared(torch.from_numpy(np.ascontiguousarray(x[i : i + bs])))
+                quantized = convert_fx(prepared)
+        finally:
+            torch.backends.quantized.engine = prev
+        torch.backends.quantized.engine = engine  # the trace below runs the quantized ops
+        calib.update(method=f"default {engine} qconfig observers", batch=bs)
+        return quantized, calib, engine
+
+    def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> TorchScriptRunner:
+        return TorchScriptRunner(artifact_dir / manifest["artifact"], manifest, threads)
+
+
+BACKEND = TorchScriptBackend()
