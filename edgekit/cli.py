@@ -40,9 +40,11 @@ TargetFiles = Annotated[
 
 
 def _log(msg: str) -> None:
-    from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False).print(f"[dim]{msg}[/dim]")
+    from edgekit.report import make_console
+
+    make_console(stderr=True).print(f"[dim]{escape(msg)}[/dim]")
 
 
 def _spec(
@@ -368,9 +370,10 @@ def run(
 @app.command("targets")
 def targets_cmd(target_file: TargetFiles = None):
     """List every target and whether it can be built and run on this machine."""
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from edgekit.report import make_console
     from edgekit.targets import load_targets, unavailable_reason
 
     t = Table(title="edgekit targets", header_style="bold")
@@ -383,9 +386,9 @@ def targets_cmd(target_file: TargetFiles = None):
             tg.backend,
             tg.precision,
             "yes" if not reason else "no",
-            reason or tg.description,
+            escape(reason or tg.description),
         )
-    Console().print(t)
+    make_console().print(t)
 
 
 @app.command()

@@ -38,12 +38,15 @@ def table(rows: list[dict], title: str = "edgekit benchmark"):
         ("RSS MB", "right"),
     ]:
         t.add_column(col, justify=just)
+    from rich.markup import escape
+
     multi = _multi_run(rows)
     for r in rows:
         lat = r.get("latency_ms") or {}
         thr = r.get("throughput_ips") or {}
         best = max((v for v in thr.values() if v), default=None)
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
+        status = escape(status)  # reasons hold "edgekit[gpu]"-like text, not markup
         t.add_row(
             row_name(r, multi),
             status,
@@ -62,13 +65,18 @@ def table(rows: list[dict], title: str = "edgekit benchmark"):
 
 
 def print_table(rows: list[dict], title: str = "edgekit benchmark", console=None) -> None:
+
+    (console or make_console()).print(table(rows, title))
+
+
+def make_console(stderr: bool = False):
+    """A rich Console; 160 columns wide when writing to a pipe or a log file, not 80."""
     from rich.console import Console
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # a pipe or a log file: don't squeeze the table to 80 columns
-            console = Console(width=160)
-    console.print(table(rows, title))
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, highlight=False, width=160)
+    return console
 
 
 def write_report(
@@ -263,6 +271,7 @@ def markdown_table(rows: list[dict]) -> str:
         thr = r.get("throughput_ips") or {}
         best = max((v for v in thr.values() if v), default=None)
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
+        status = escape(status)  # reasons hold "edgekit[gpu]"-like text, not markup
         cells = [
             row_name(r, multi),
             status.replace("|", "\\|").replace("\n", " "),

@@ -105,8 +105,13 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         ep = target.options.get("execution_provider", "CPUExecutionProvider")
+        if ep.startswith("CUDA") and target.requires.get("device") == "cuda":
+            from edgekit.calibration import cuda_available
+
+            if not cuda_available():
+                return "needs a CUDA GPU and CuPy (none found; pip install 'edgekit[gpu]')"
         if ep not in ort.get_available_providers():
-            return f"{ep} not in this onnxruntime (install edgekit[gpu] on a CUDA machine)"
+            return f"{ep} not in this onnxruntime (pip install 'edgekit[gpu]' on a CUDA machine)"
         return None
 
     def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:
