@@ -271,7 +271,6 @@ def markdown_table(rows: list[dict]) -> str:
         thr = r.get("throughput_ips") or {}
         best = max((v for v in thr.values() if v), default=None)
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
-        status = escape(status)  # reasons hold "edgekit[gpu]"-like text, not markup
         cells = [
             row_name(r, multi),
             status.replace("|", "\\|").replace("\n", " "),
