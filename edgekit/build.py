@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgekit.backends import get_backend
 from edgekit.backends.base import BuildContext, Runner
-from edgekit.errors import EdgekitError, UnavailableError
+from edgekit.errors import UnavailableError
 from edgekit.fileio import atomic_dir, sha256_file
 from edgekit.manifest import make_manifest, read_manifest, write_manifest
 from edgekit.targets import Target, unavailable_reason
@@ -75,9 +75,4 @@ def open_artifact(artifact_dir: str | Path, threads: int | None = None) -> tuple
     reason = backend.runtime_unavailable_reason(manifest)
     if reason:
         raise UnavailableError(f"cannot run {manifest['target']} here: {reason}")
-    if "preprocess" not in manifest or not manifest["preprocess"]:
-        raise EdgekitError(
-            f"{d}: the manifest has no preprocessing record",
-            "rebuild the artifact with this edgekit version",
-        )
     return backend.load(d, manifest, threads), manifest

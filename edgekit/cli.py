@@ -238,6 +238,8 @@ def bench(
 
     Each artifact is measured in a fresh process; one that fails is a row with the
     reason, and the exit status is then 1."""
+    from edgekit.backends import get_backend
+    from edgekit.errors import UnavailableError
     from edgekit.harness import (
         add_ratios,
         bench_many,
@@ -245,6 +247,7 @@ def bench(
         check_threads,
         environment,
         manifest_batch_range,
+        result_row,
     )
     from edgekit.manifest import read_manifest
     from edgekit.pipeline import Workspace, load_workspace_dataset
@@ -272,11 +275,17 @@ def bench(
     if not dirs:
         raise EdgekitError("nothing to benchmark", "pass --target NAME or --artifact DIR")
     classes = None
+    unavailable = {}
     for d in dirs:  # user mistakes first, before minutes of measuring
-        m = read_manifest(d, verify=False)
+        m = read_manifest(d, verify=True)  # a tampered artifact is refused up front
         classes = classes or m.get("classes")
         if cfg.strict_batch:
             check_batch_sizes(m["target"], manifest_batch_range(m), cfg.batch_sizes)
+        reason = get_backend(m["backend"]).runtime_unavailable_reason(m)
+        if reason and len(dirs) == 1:
+            raise UnavailableError(f"cannot run {m['target']} here: {reason}")
+        if reason:
+            unavailable[d] = result_row(m, status="unavailable", reason=reason)
     if dataset:
         from edgekit.data import load_dataset
 
@@ -287,7 +296,10 @@ def bench(
         test = None
         if cfg.accuracy:
             _log("no --dataset given: accuracy is skipped, latency uses random images")
-    rows = bench_many(dirs, test, cfg, threads, isolate=isolate, log=_log)
+    measured = iter(
+        bench_many([d for d in dirs if d not in unavailable], test, cfg, threads, isolate, _log)
+    )
+    rows = [unavailable[d] if d in unavailable else next(measured) for d in dirs]
     add_ratios(rows)
     print_table(rows)
     out = output or (ws.root / "bench.json" if target else None)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.harness import run_batches
 
 
 def compare_logits(a: np.ndarray, b: np.ndarray) -> dict:
@@ -46,20 +47,6 @@ def compare_logits(a: np.ndarray, b: np.ndarray) -> dict:
         "cosine_min": float(cos.min()),
         "cosine_mean": float(cos.mean()),
     }
-
-
-def run_batches(runner, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Logits of ``x`` in batches the runner accepts (the last one padded if needed)."""
-    lo, hi = runner.batch_range
-    bs = max(lo, min(batch, hi or batch))
-    out = []
-    for i in range(0, len(x), bs):
-        xb = x[i : i + bs]
-        real = len(xb)
-        if real < lo or (hi is not None and real > hi):
-            xb = np.concatenate([xb, np.repeat(xb[-1:], bs - real, axis=0)])
-        out.append(np.asarray(runner(np.ascontiguousarray(xb)))[:real])
-    return np.concatenate(out)
 
 
 def compare_artifacts(

@@ -141,6 +141,33 @@ def measure_throughput(runner, pool: np.ndarray, cfg: BenchConfig) -> dict[str, 
     return out
 
 
+def run_batches(runner, x: np.ndarray, batch: int = 64, transform=None) -> np.ndarray:
+    """Logits of all of ``x`` in batches the runner accepts.
+
+    Args:
+        runner: a :class:`Runner`.
+        x: float32 [N, C, H, W] inputs, or anything ``transform`` maps chunk by
+            chunk to them (e.g. uint8 images and ``Preprocess.apply``, so a whole
+            test split is never held as float32 at once).
+        batch: the batch size, clipped to the runner's ``batch_range``. A last
+            batch smaller than a static batch size is padded with copies of its
+            last input, and the padding's outputs are dropped.
+
+    Returns:
+        float32 [N, classes].
+    """
+    lo, hi = runner.batch_range
+    bs = max(lo, min(batch, hi or batch))
+    out = []
+    for i in range(0, len(x), bs):
+        xb = x[i : i + bs] if transform is None else transform(x[i : i + bs])
+        real = len(xb)
+        if real < lo:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], lo - real, axis=0)])
+        out.append(np.asarray(runner(np.ascontiguousarray(xb)), np.float32)[:real])
+    return np.concatenate(out)
+
+
 def measure_accuracy(
     runner, images: np.ndarray, labels: np.ndarray, preprocess, batch: int = 128
 ) -> dict:
@@ -149,23 +176,13 @@ def measure_accuracy(
     Returns:
         ``{"top1", "top5", "images", "predictions": int64 [N] list}``.
     """
-    lo, hi = runner.batch_range
-    bs = max(lo, min(batch, hi or batch))
-    preds, top5_hits = [], 0
+    logits = run_batches(runner, images, batch, transform=preprocess.apply)
+    top = np.argsort(-logits, axis=1)[:, :5]
+    pred = top[:, 0]
     n = len(labels)
-    for i in range(0, n, bs):
-        xb = preprocess.apply(images[i : i + bs])
-        real = len(xb)
-        if real < lo or (hi is not None and real > hi):  # pad the last batch for static shapes
-            xb = np.concatenate([xb, np.repeat(xb[-1:], bs - real, axis=0)])
-        logits = np.asarray(runner(xb))[:real]
-        top = np.argsort(-logits, axis=1)[:, :5]
-        preds.append(top[:, 0])
-        top5_hits += int((top == labels[i : i + real, None]).any(axis=1).sum())
-    pred = np.concatenate(preds)
     return {
         "top1": float((pred == labels).mean() * 100),
-        "top5": float(top5_hits / n * 100),
+        "top5": float((top == labels[:, None]).any(axis=1).sum() / n * 100),
         "images": int(n),
         "predictions": pred.astype(np.int64).tolist(),
     }
@@ -276,21 +293,6 @@ def cpu_flags() -> dict:
     return {"cpu": model, "isa": isa}
 
 
-#: Packages whose versions are recorded with every result (from metadata, not imported).
-VERSIONED = (
-    "edgekit",
-    "numpy",
-    "torch",
-    "torchvision",
-    "onnx",
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "tensorrt",
-    "cupy-cuda12x",
-    "cupy-cuda13x",
-    "openvino",
-    "nncf",
-)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -321,8 +323,9 @@ def environment(threads: int | None) -> dict:
     from edgekit.manifest import package_versions
 
     thread_env = {k: os.environ[k] for k in THREAD_VARS if k in os.environ}
-    if "torch" in sys.modules:
-        thread_env["torch_num_threads"] = sys.modules["torch"].get_num_threads()
+    get_threads = getattr(sys.modules.get("torch"), "get_num_threads", None)
+    if get_threads is not None:  # sys.modules may hold None for a blocked import
+        thread_env["torch_num_threads"] = get_threads()
     return {
         "host": platform.node(),
         "system": platform.system(),
@@ -331,7 +334,7 @@ def environment(threads: int | None) -> dict:
         "cores": os.cpu_count(),
         "gpus": gpu_names(),
         "python": platform.python_version(),
-        "versions": package_versions(VERSIONED),
+        "versions": package_versions(),
         "threads": threads,
         "thread_env": thread_env,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.harness import run_batches
 
 NPZ_SUFFIX = ".npz"
 #: Pillow modes that cannot be mapped to 8-bit RGB without choosing a scale.
@@ -193,27 +194,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def run_batches(runner, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Logits of float32 [N, C, H, W] inputs in batches the runner accepts.
-
-    A last batch smaller than a static batch size is padded with copies of its
-    last image; the padding's outputs are dropped.
-
-    Returns:
-        float32 [N, classes].
-    """
-    lo, hi = runner.batch_range
-    bs = max(lo, min(batch, hi or batch))
-    out = []
-    for i in range(0, len(x), bs):
-        xb = x[i : i + bs]
-        real = len(xb)
-        if real < lo:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], lo - real, axis=0)])
-        out.append(np.asarray(runner(np.ascontiguousarray(xb)), np.float32)[:real])
-    return np.concatenate(out)
 
 
 def infer(

@@ -26,20 +26,24 @@ SCHEMA = "edgekit-manifest/1"
 REQUIRED = ("schema", "target", "backend", "precision", "artifact", "files", "io", "preprocess")
 
 
-def package_versions(
-    names=(
-        "edgekit",
-        "torch",
-        "torchvision",
-        "onnx",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "tensorrt",
-        "cupy-cuda12x",
-        "cupy-cuda13x",
-        "numpy",
-    ),
-) -> dict[str, str]:
+#: Packages whose versions are recorded in manifests and results (from metadata, not imported).
+VERSIONED = (
+    "edgekit",
+    "numpy",
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorrt",
+    "cupy-cuda12x",
+    "cupy-cuda13x",
+    "openvino",
+    "nncf",
+)
+
+
+def package_versions(names=VERSIONED) -> dict[str, str]:
     """Installed versions (from package metadata, without importing anything)."""
     out = {}
     for n in names:
@@ -142,6 +146,11 @@ def read_manifest(artifact_dir: str | Path, verify: bool = True) -> dict:
     if missing:
         raise EdgekitError(
             f"{mpath} lacks {', '.join(missing)}", "rebuild the artifact with this edgekit version"
+        )
+    if not m["preprocess"]:
+        raise EdgekitError(
+            f"{mpath} has no preprocessing record, so inputs cannot be prepared as in calibration",
+            "rebuild the artifact with this edgekit version",
         )
     if m["schema"] != SCHEMA:
         raise EdgekitError(f"{mpath} has schema {m['schema']!r}; this edgekit reads {SCHEMA}")

@@ -283,12 +283,11 @@ def test_nodes_to_exclude_must_exist(tiny_workspace, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ort-cpu-int8", "ts-fx-int8"])
 def test_resnet20_int8_within_0_3_points(resnet20_workspace, cifar10, name):
-    from conftest import RESNET20_TOP1
-
     from edgekit.build import open_artifact
     from edgekit.harness import measure_accuracy
     from edgekit.pipeline import build
     from edgekit.preprocess import Preprocess
+    from tests.conftest import RESNET20_TOP1
 
     m = build(resnet20_workspace, name, force=True, dataset=cifar10)
     assert m["calibration"]["images"] == 320

@@ -136,6 +136,9 @@ def test_bench_without_torch(artifacts, tiny_npz, expected, tmp_path):
         "1",
         "--output",
         out,
+        # measure in this (blocked) interpreter: a spawned child would not inherit the blocker;
+        # the default isolated path is covered by the real runtime-only venv test below
+        "--in-process",
     )
     assert code == 0, err
     assert "onnxruntime" in loaded
