@@ -36,7 +36,8 @@ def test_uniform_prune_shrinks_inner_widths_and_macs():
 
 def test_coupled_pruning_of_projection_resnet():
     m = build_model("resnet18", 10)
-    res = prune_model(m, torch.randn(1, 3, 32, 32), PruneConfig(ratio=0.5, round_to=8))
+    # an 8x8 input keeps tracing cheap; every conv's MACs scale with H*W alike
+    res = prune_model(m, torch.randn(1, 3, 8, 8), PruneConfig(ratio=0.5, round_to=8))
     # DepGraph prunes the residual stream together with the downsample convs
     assert m.conv1.out_channels == 32 and m.layer4[0].downsample[0].out_channels == 256
     assert m.fc.in_features == 256 and m.fc.out_features == 10
@@ -48,7 +49,8 @@ def test_coupled_pruning_of_projection_resnet():
 
 def test_macs_target_is_reached():
     m = build_model("resnet8", 10)
-    res = prune_model(m, X, PruneConfig(ratio=0.5, by="macs", round_to=None))
+    x16 = torch.randn(1, 3, 16, 16)  # the bisection prunes ~15 copies: keep them cheap
+    res = prune_model(m, x16, PruneConfig(ratio=0.5, by="macs", round_to=None))
     assert res.macs_reduction >= 0.5
     assert res.macs_reduction < 0.56
 
