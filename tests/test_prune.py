@@ -171,3 +171,27 @@ def test_cli_prune_raises_user_error(tmp_path):
     # main() turns EdgekitError into one "error:" line and exit status 2
     assert isinstance(r.exception, EdgekitError)
     assert "outside [0, 1)" in str(r.exception)
+
+
+def test_recalibrate_bn_replaces_stale_statistics():
+    from edgekit.data import Split
+    from edgekit.preprocess import Preprocess
+    from edgekit.prune import recalibrate_bn
+
+    m = build_model("resnet8", 10).eval()
+    for mod in m.modules():  # stale statistics, as after pruning the layer before
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.fill_(5.0)
+            mod.running_var.fill_(9.0)
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), np.arange(24) % 10)
+    pre = Preprocess(32, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    w = m.conv1.weight.clone()
+    assert recalibrate_bn(m, split, pre, batch=24) == 24
+    assert not m.training and m.bn1.momentum == 0.1  # restored
+    torch.testing.assert_close(m.conv1.weight, w)  # weights untouched
+    # the first BN sees conv1(x): its statistics are now those of the images
+    with torch.no_grad():
+        a = m.conv1(torch.from_numpy(pre.apply(split.x)))
+    torch.testing.assert_close(m.bn1.running_mean, a.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.bn1.running_var, a.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
