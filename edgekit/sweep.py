@@ -28,7 +28,10 @@ def sweep(
     """Run the pipeline once per ratio into ``WORK/r{ratio}``; returns all rows.
 
     ``spec`` is an :class:`edgekit.pipeline.ModelSpec`; its ``prune_options`` apply to
-    every ratio. Each row gains ``pruning_ratio``, ``macs`` and ``params``.
+    every ratio. Without ``spec.weights`` the model is trained once, in ``WORK/r0``
+    (ratio 0 is added when missing), and every other ratio prunes that checkpoint, so
+    all ratios start from the same weights. Each row gains ``pruning_ratio``, ``macs``
+    and ``params``.
 
     Raises:
         EdgekitError: no ratios, or a ratio outside [0, 1).
@@ -45,19 +48,32 @@ def sweep(
         if not 0 <= r < 1:
             raise EdgekitError(f"pruning ratio {r} is outside [0, 1)")
     work = Path(work)
+    ratios = sorted(set(ratios))
+    if spec.weights is None and ratios[0] != 0:
+        # the base model is trained once, in r0, and every ratio prunes that same model
+        ratios = [0.0, *ratios]
     all_rows = []
+    base_weights = spec.weights
+    base_stats = None
     for r in ratios:
         s = copy.deepcopy(spec)
         s.prune_ratio = r or None
+        s.weights = base_weights
         sub = work / f"r{r:g}"
         log(f"== pruning ratio {r:g} -> {sub}")
         rows = run(s, sub, targets=targets, cfg=cfg, threads=threads, force=force, log=log)
+        if base_weights is None:
+            base_weights = str(sub / "model.pt")  # trained here, unpruned (r == 0)
         rec = json.loads((sub / "edgekit.json").read_text())
         pr = rec.get("pruning") or {}
         after = pr.get("after", {})
+        base_stats = base_stats or pr.get("before")
         for row in rows:
             row.update(pruning_ratio=r, macs=after.get("macs"), params=after.get("params"))
         all_rows.extend(rows)
+    for row in all_rows:  # the unpruned rows carry the base model's statistics
+        if row["pruning_ratio"] == 0 and base_stats:
+            row.update(macs=base_stats["macs"], params=base_stats["params"])
     write_json(work / "sweep.json", all_rows)
     (work / "sweep.md").write_text(markdown_table(all_rows))
     plot_sweep(all_rows, work / "sweep.png")

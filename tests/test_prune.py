@@ -36,7 +36,8 @@ def test_uniform_prune_shrinks_inner_widths_and_macs():
 
 def test_coupled_pruning_of_projection_resnet():
     m = build_model("resnet18", 10)
-    res = prune_model(m, torch.randn(1, 3, 32, 32), PruneConfig(ratio=0.5, round_to=8))
+    # an 8x8 input keeps tracing cheap; every conv's MACs scale with H*W alike
+    res = prune_model(m, torch.randn(1, 3, 8, 8), PruneConfig(ratio=0.5, round_to=8))
     # DepGraph prunes the residual stream together with the downsample convs
     assert m.conv1.out_channels == 32 and m.layer4[0].downsample[0].out_channels == 256
     assert m.fc.in_features == 256 and m.fc.out_features == 10
@@ -48,7 +49,8 @@ def test_coupled_pruning_of_projection_resnet():
 
 def test_macs_target_is_reached():
     m = build_model("resnet8", 10)
-    res = prune_model(m, X, PruneConfig(ratio=0.5, by="macs", round_to=None))
+    x16 = torch.randn(1, 3, 16, 16)  # the bisection prunes ~15 copies: keep them cheap
+    res = prune_model(m, x16, PruneConfig(ratio=0.5, by="macs", round_to=None))
     assert res.macs_reduction >= 0.5
     assert res.macs_reduction < 0.56
 
@@ -169,3 +171,27 @@ def test_cli_prune_raises_user_error(tmp_path):
     # main() turns EdgekitError into one "error:" line and exit status 2
     assert isinstance(r.exception, EdgekitError)
     assert "outside [0, 1)" in str(r.exception)
+
+
+def test_recalibrate_bn_replaces_stale_statistics():
+    from edgekit.data import Split
+    from edgekit.preprocess import Preprocess
+    from edgekit.prune import recalibrate_bn
+
+    m = build_model("resnet8", 10).eval()
+    for mod in m.modules():  # stale statistics, as after pruning the layer before
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.fill_(5.0)
+            mod.running_var.fill_(9.0)
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), np.arange(24) % 10)
+    pre = Preprocess(32, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    w = m.conv1.weight.clone()
+    assert recalibrate_bn(m, split, pre, batch=24) == 24
+    assert not m.training and m.bn1.momentum == 0.1  # restored
+    torch.testing.assert_close(m.conv1.weight, w)  # weights untouched
+    # the first BN sees conv1(x): its statistics are now those of the images
+    with torch.no_grad():
+        a = m.conv1(torch.from_numpy(pre.apply(split.x)))
+    torch.testing.assert_close(m.bn1.running_mean, a.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.bn1.running_var, a.var((0, 2, 3)), rtol=1e-4, atol=1e-5)

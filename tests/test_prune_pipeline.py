@@ -1,0 +1,53 @@
+"""A pruned model goes through export, lowering and benchmarking like any other.
+
+Every target of ``load_targets()`` that is available on this machine (the CPU ones:
+pytorch-fp32, ort-cpu, and the INT8/TorchScript targets where they exist) must build
+and bench the pruned ResNet-8; targets that need hardware absent here are skipped
+by the pipeline with a reason and are not asserted on.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+
+
+def test_run_with_prune_ratio_builds_and_benches_every_available_target(tiny_npz, tmp_path):
+    from edgekit.harness import BenchConfig
+    from edgekit.pipeline import ModelSpec, run
+    from edgekit.targets import load_targets, unavailable_reason
+
+    spec = ModelSpec(dataset=f"npz:{tiny_npz}", model="resnet8", epochs=1, exporter="torchscript")
+    spec.prune_ratio = 0.5
+    spec.prune_options = {"finetune_epochs": 1}
+    cfg = BenchConfig(
+        warmup_queries=2,
+        min_queries=5,
+        min_duration_s=0.0,
+        batch_sizes=(1,),
+        throughput_min_s=0.05,
+    )
+    rows = run(spec, tmp_path, cfg=cfg, threads=1, log=lambda *_: None)
+
+    rec = json.loads((tmp_path / "edgekit.json").read_text())
+    assert rec["pruning"]["after"]["macs"] < 0.56 * rec["pruning"]["before"]["macs"]
+    assert rec["export_check"]["passed"]
+    # the exported graph carries the physically smaller convolutions: ResNet-8's 3x3
+    # convs are 16 (stem), 16/16, 32/32, 64/64 unpruned; the block-inner ones halve
+    g = onnx.load(str(tmp_path / "model.onnx")).graph
+    outs = sorted(t.dims[0] for t in g.initializer if len(t.dims) == 4 and t.dims[-1] == 3)
+    assert outs == [8, 16, 16, 16, 32, 32, 64]
+
+    available = {n for n, t in load_targets().items() if unavailable_reason(t) is None}
+    assert {"pytorch-fp32", "ort-cpu"} <= available
+    by_target = {r["target"]: r for r in rows}
+    assert available <= set(by_target)
+    for name in available:
+        row = by_target[name]
+        assert row["status"] == "ok", (name, row.get("reason"))
+        assert row["latency_ms"]["p50"] > 0 and 0 <= row["top1"] <= 100
+        assert (tmp_path / "artifacts" / name / "manifest.json").is_file()
+    # FP32 lowering of the pruned model keeps PyTorch's predictions on the test set
+    assert np.isclose(by_target["ort-cpu"]["top1"], by_target["pytorch-fp32"]["top1"])
