@@ -99,6 +99,9 @@ def measure_latency(
     """
     for _ in range(cfg.warmup_queries):
         runner(x1)
+    reset = getattr(runner, "reset_stats", None)  # e.g. a GPU runner's CUDA-event timings
+    if callable(reset):
+        reset()
     samples = []
     start = clock()
     while True:
@@ -207,19 +210,21 @@ def peak_rss_mb() -> float:
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
 
-def gpu_memory_mb(runner) -> float | None:
-    """GPU memory a runner reports (MB), or None.
+def gpu_stats(runner) -> dict | None:
+    """What a GPU runner reports about itself, or None for CPU runners.
 
-    A GPU runner may expose ``gpu_memory_mb`` as a number or a method returning
-    its peak device memory; CPU runners need not define it.
+    A runner may define ``gpu_report() -> dict`` (see
+    :class:`edgekit.backends.gpu.GpuRunner`): device memory in use
+    (``device_used_mb``) and, from CUDA events, the latency of the calls so far
+    with and without the host-device copies (``with_copies_ms``/``compute_ms``).
     """
-    v = getattr(runner, "gpu_memory_mb", None)
-    if callable(v):
-        try:
-            v = v()
-        except Exception:
-            return None
-    return float(v) if isinstance(v, int | float) else None
+    report = getattr(runner, "gpu_report", None)
+    if not callable(report):
+        return None
+    try:
+        return dict(report())
+    except Exception as e:  # a failing probe must not lose the row
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def manifest_batch_range(manifest: dict) -> tuple[int, int | None]:
@@ -378,6 +383,7 @@ def bench_artifact(artifact_dir, test_split, cfg: BenchConfig, threads: int | No
             check_batch_sizes(manifest["target"], runner.batch_range, cfg.batch_sizes)
         try:
             lat, samples = measure_latency(runner, pool[:1], cfg)
+            gpu = gpu_stats(runner)  # batch-1 latency with and without host-device copies
             thr = measure_throughput(runner, pool, cfg)
             acc = (
                 measure_accuracy(runner, test_split.x, test_split.y, pre, cfg.accuracy_batch)
@@ -398,7 +404,7 @@ def bench_artifact(artifact_dir, test_split, cfg: BenchConfig, threads: int | No
             accuracy=acc,
             threads=threads,
             device=runner.device,
-            gpu_mem_mb=gpu_memory_mb(runner),
+            gpu=gpu,
         )
     finally:
         runner.close()
@@ -416,7 +422,7 @@ def result_row(
     accuracy=None,
     threads=None,
     device: str | None = None,
-    gpu_mem_mb: float | None = None,
+    gpu: dict | None = None,
     rss_mb: float | None = None,
 ) -> dict:
     """One report row. ``status``: ``ok``, ``failed`` or ``unavailable``.
@@ -443,7 +449,8 @@ def result_row(
         "top5": accuracy["top5"] if accuracy else None,
         "predictions": accuracy["predictions"] if accuracy else None,
         "peak_rss_mb": peak_rss_mb() if rss_mb is None else rss_mb,
-        "gpu_mem_mb": gpu_mem_mb,
+        "gpu_mem_mb": (gpu or {}).get("device_used_mb"),
+        "gpu": gpu,
     }
     return row
 

@@ -202,6 +202,10 @@ class GpuRunner:
         self.stream.synchronize()
         return d_out.copy()
 
+    def reset_stats(self) -> None:
+        """Forget the CUDA-event timings so far (the harness calls it after warm-up)."""
+        self.timings.clear()
+
     def gpu_report(self) -> dict:
         """Latency with and without copies (median/p90 over calls so far, ms) and memory."""
         rep: dict = {"cuda_graph": self.cuda_graph, **gpu_memory_mb()}
