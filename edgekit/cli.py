@@ -341,6 +341,27 @@ def targets_cmd(target_file: TargetFiles = None):
     Console().print(t)
 
 
+@app.command()
+def doctor(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (for machines).")
+    ] = False,
+    target_file: TargetFiles = None,
+):
+    """What this machine can do: CPU ISA, GPU and its fast precisions, runtime versions,
+    and which targets can run here (and why not)."""
+    from edgekit.doctor import doctor as do_doctor
+    from edgekit.doctor import print_report
+
+    rep = do_doctor(target_file)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(rep, indent=2))
+    else:
+        print_report(rep)
+
+
 def main() -> None:
     """Console-script entry point: maps user errors to one line and exit status 2."""
     try:
