@@ -346,6 +346,10 @@ def doctor(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON (for machines).")
     ] = False,
+    require_gpu: Annotated[
+        bool,
+        typer.Option("--require-gpu", help="Exit with status 1 when no CUDA GPU is found."),
+    ] = False,
     target_file: TargetFiles = None,
 ):
     """What this machine can do: CPU ISA, GPU and its fast precisions, runtime versions,
@@ -360,6 +364,9 @@ def doctor(
         typer.echo(json.dumps(rep, indent=2))
     else:
         print_report(rep)
+    if require_gpu and not rep["gpu"]["available"]:
+        print(f"error: --require-gpu: {rep['gpu']['reason']}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def main() -> None:
