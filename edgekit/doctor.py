@@ -366,7 +366,10 @@ def print_report(rep: dict, console=None) -> None:
     t.add_row("ISA", "  ".join(f"{k} {_yn(v)}" for k, v in cpu["isa"].items()))
     t.add_row("cores", f"{cpu['cores']} logical, {cpu['cores_usable']} usable by this process")
     if mem["total_mb"]:
-        t.add_row("memory", f"{mem['total_mb'] / 1024:.1f} GiB, {mem['available_mb'] / 1024:.1f} available")
+        t.add_row(
+            "memory",
+            f"{mem['total_mb'] / 1024:.1f} GiB, {mem['available_mb'] / 1024:.1f} available",
+        )
     gpu = rep["gpu"]
     if gpu["available"]:
         for d in gpu["devices"]:
