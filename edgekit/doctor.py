@@ -352,6 +352,7 @@ def _v(v) -> str:
 def print_report(rep: dict, console=None) -> None:
     """Render :func:`doctor`'s report as rich tables."""
     from rich.console import Console
+    from rich.markup import escape as esc
     from rich.table import Table
 
     con = console or Console()
@@ -362,7 +363,7 @@ def print_report(rep: dict, console=None) -> None:
     t.add_column("value")
     m = rep["machine"]
     t.add_row("machine", f"{m['arch']} {m['system']}, Python {m['python']}")
-    t.add_row("CPU", str(cpu["model"]))
+    t.add_row("CPU", esc(str(cpu["model"])))
     t.add_row("ISA", "  ".join(f"{k} {_yn(v)}" for k, v in cpu["isa"].items()))
     t.add_row("cores", f"{cpu['cores']} logical, {cpu['cores_usable']} usable by this process")
     if mem["total_mb"]:
@@ -376,7 +377,7 @@ def print_report(rep: dict, console=None) -> None:
             mem_s = f"{d['memory_mb'] / 1024:.1f} GiB" if d["memory_mb"] else "shared memory"
             t.add_row(
                 f"GPU {d['index']}",
-                f"{d['name']}, compute capability {d['compute_capability']}, {mem_s} "
+                f"{esc(d['name'])}, compute capability {d['compute_capability']}, {mem_s} "
                 f"(via {gpu['source']})",
             )
             t.add_row(
@@ -386,11 +387,11 @@ def print_report(rep: dict, console=None) -> None:
                 f"tensor cores {_yn(d['int8_tensor_cores'])})",
             )
     else:
-        t.add_row("GPU", f"[yellow]none[/yellow]: {gpu['reason']}")
+        t.add_row("GPU", f"[yellow]none[/yellow]: {esc(gpu['reason'])}")
     tv = sw["torch"]
     t.add_row(
         "torch",
-        _v(tv["version"]) + (f" [red]({tv['error']})[/red]" if tv["error"] else ""),
+        _v(tv["version"]) + (f" [red]({esc(tv['error'])})[/red]" if tv["error"] else ""),
     )
     if tv["version"]:
         t.add_row(
@@ -402,7 +403,7 @@ def print_report(rep: dict, console=None) -> None:
         "onnxruntime",
         _v(ov["version"])
         + (f" ({ov['package']})" if ov["package"] else "")
-        + (f" [red]({ov['error']})[/red]" if ov["error"] else ""),
+        + (f" [red]({esc(ov['error'])})[/red]" if ov["error"] else ""),
     )
     if ov["version"]:
         t.add_row("  execution providers", ", ".join(ov["providers"]))
@@ -429,6 +430,6 @@ def print_report(rep: dict, console=None) -> None:
             r["precision"],
             r["device"],
             _yn(r["runnable"]),
-            r["reason"] or "",
+            esc(r["reason"] or ""),
         )
     con.print(tt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,7 +147,10 @@ def test_gpu_info_reports_every_probe_tried(monkeypatch):
 
 def _cli(*args, env_code: str = "") -> subprocess.CompletedProcess:
     code = f"{env_code}\nimport sys\nfrom edgekit.cli import main\nsys.argv = ['edgekit', *{list(args)!r}]\nmain()"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "COLUMNS": "250"}  # one table row per line
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_cli_json_validates_and_require_gpu_exit_status():
@@ -173,3 +177,5 @@ def test_cli_without_torch():
     assert "torch not installed" in rows["pytorch-fp32"]["reason"]
     table = _cli("doctor", env_code="import sys; sys.modules['torch'] = None")
     assert table.returncode == 0 and "not installed" in table.stdout
+    # reasons are printed literally, not read as rich markup ("[build]" survives)
+    assert "edgekit[build]" in table.stdout
