@@ -207,7 +207,28 @@ def cpu_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
-    return {"model": f["cpu"], "isa": f["isa"], "cores": os.cpu_count(), "cores_usable": usable}
+    out = {
+        "model": f["cpu"],
+        "isa": dict(f["isa"]),
+        "cores": os.cpu_count(),
+        "cores_usable": usable,
+    }
+    # Under qemu-user emulation /proc/cpuinfo is the host's: an aarch64 process may
+    # read x86 flags. Keep only the flags of this architecture and say so.
+    arch = platform.machine().lower()
+    x86, arm = ("avx2", "avx512", "vnni"), ("neon", "dotprod")
+    foreign = (
+        arm
+        if arch in ("x86_64", "amd64", "i686")
+        else x86
+        if "arm" in arch or "aarch" in arch
+        else ()
+    )
+    if any(out["isa"][k] for k in foreign):
+        for k in foreign:
+            out["isa"][k] = False
+        out["note"] = f"/proc/cpuinfo describes another architecture than {arch} (emulation?)"
+    return out
 
 
 # --------------------------------------------------------------------------- software
@@ -365,6 +386,8 @@ def print_report(rep: dict, console=None) -> None:
     t.add_row("machine", f"{m['arch']} {m['system']}, Python {m['python']}")
     t.add_row("CPU", esc(str(cpu["model"])))
     t.add_row("ISA", "  ".join(f"{k} {_yn(v)}" for k, v in cpu["isa"].items()))
+    if cpu.get("note"):
+        t.add_row("", f"[yellow]{esc(cpu['note'])}[/yellow]")
     t.add_row("cores", f"{cpu['cores']} logical, {cpu['cores_usable']} usable by this process")
     if mem["total_mb"]:
         t.add_row(

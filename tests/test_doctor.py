@@ -179,3 +179,18 @@ def test_cli_without_torch():
     assert table.returncode == 0 and "not installed" in table.stdout
     # reasons are printed literally, not read as rich markup ("[build]" survives)
     assert "edgekit[build]" in table.stdout
+
+
+def test_foreign_cpuinfo_under_emulation(monkeypatch):
+    """qemu-user shows the host's /proc/cpuinfo: x86 flags on aarch64 are dropped, with a note."""
+    fake = {
+        "cpu": "Intel(R) Xeon(R)",
+        "isa": {"avx2": True, "avx512": True, "vnni": True, "neon": False, "dotprod": False},
+    }
+    monkeypatch.setattr("edgekit.harness.cpu_flags", lambda: fake)
+    monkeypatch.setattr(dr.platform, "machine", lambda: "aarch64")
+    c = dr.cpu_info()
+    assert not any(c["isa"].values()) and "emulation" in c["note"]
+    monkeypatch.setattr(dr.platform, "machine", lambda: "x86_64")
+    c = dr.cpu_info()
+    assert c["isa"]["avx512"] and "note" not in c

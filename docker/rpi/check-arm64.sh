@@ -95,6 +95,7 @@ bind() { # bind SRC DEST [ro]
   if [[ "${3:-}" == ro ]]; then mount -o remount,bind,ro "$2"; fi
 }
 mount -t proc proc "$ROOTFS/proc" && mounts+=("$ROOTFS/proc")
+mount -t sysfs sysfs "$ROOTFS/sys" && mounts+=("$ROOTFS/sys") # torch's cpuinfo reads /sys
 bind /dev "$ROOTFS/dev"
 bind "$SHARED" "$ROOTFS/mnt/shared" ro
 # The source is copied (not mounted): pip builds the wheel from it.
