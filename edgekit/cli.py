@@ -697,6 +697,34 @@ def report(
         _log(f"wrote {p}")
 
 
+@app.command()
+def doctor(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (for machines).")
+    ] = False,
+    require_gpu: Annotated[
+        bool,
+        typer.Option("--require-gpu", help="Exit with status 1 when no CUDA GPU is found."),
+    ] = False,
+    target_file: TargetFiles = None,
+):
+    """What this machine can do: CPU ISA, GPU and its fast precisions, runtime versions,
+    and which targets can run here (and why not)."""
+    from edgekit.doctor import doctor as do_doctor
+    from edgekit.doctor import print_report
+
+    rep = do_doctor(target_file)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(rep, indent=2))
+    else:
+        print_report(rep)
+    if require_gpu and not rep["gpu"]["available"]:
+        print(f"error: --require-gpu: {rep['gpu']['reason']}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point: maps user errors to one line and exit status 2."""
     try:

