@@ -125,7 +125,7 @@ inroot edgekit doctor || die "edgekit doctor failed"
 
 stage "edgekit run: resnet20 on the real CIFAR-10 test set, targets $TARGETS"
 t0=$SECONDS
-inroot env EDGEKIT_QENGINE=qnnpack edgekit run --work-dir "$WORK" \
+inroot edgekit run --work-dir "$WORK" \
   --dataset npz:/mnt/shared/data/cifar10 --model resnet20 \
   --weights /mnt/shared/models/resnet20-12fca82f.th \
   --targets "$TARGETS" --threads 1 --quick || die "edgekit run failed"
