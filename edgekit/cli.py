@@ -160,6 +160,7 @@ def export(
         work_dir,
         force=force,
         log=_log,
+        show_progress=True,
     )
     typer.echo(f"{ws.onnx}")
 
@@ -374,6 +375,7 @@ def run(
         threads=threads,
         force=force,
         log=_log,
+        show_progress=True,
     )
     print_table(rows, title=f"edgekit run: {spec.model or 'default model'} on {dataset}")
     _log(f"wrote {Path(work_dir) / 'report'}.json/.csv/.md and the PNG plots in {work_dir}")

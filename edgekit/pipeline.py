@@ -13,6 +13,7 @@ Every command of the CLI is a thin wrapper over one function here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -113,7 +114,9 @@ def load_workspace_dataset(rec: dict, dataset: str | None = None, data_dir: str 
     return load_dataset(dataset or rec["dataset"], data_dir or rec.get("data_dir"))
 
 
-def prepare(spec: ModelSpec, work: Path, force: bool = False, log=print) -> Workspace:
+def prepare(
+    spec: ModelSpec, work: Path, force: bool = False, log=print, show_progress: bool = False
+) -> Workspace:
     """Create a workspace: load data, load or train the model, export and check ONNX.
 
     Raises:
@@ -154,22 +157,25 @@ def prepare(spec: ModelSpec, work: Path, force: bool = False, log=print) -> Work
     pre = resolve_preprocess(ds, model_name, spec.normalization, meta)
     history = meta.get("history")
     if spec.weights is None:
-        from edgekit.train import TrainConfig, fit
+        from edgekit.train import TrainConfig, _rich_bar, fit
 
         epochs = spec.epochs if spec.epochs is not None else DEFAULT_EPOCHS
         cfg = TrainConfig(epochs=epochs, seed=spec.seed)
         log(f"training {model_name} for {epochs} epochs (no --weights given)")
-        history = fit(
-            model,
-            ds.split("train"),
-            pre,
-            cfg,
-            hflip=ds.hflip,
-            progress=lambda e, h: log(
-                f"  epoch {h['epoch']}/{epochs}: loss "
-                f"{h['loss']:.3f}, train top-1 {h['train_top1']:.1f}%"
-            ),
-        )
+        prog, bar = _rich_bar(show_progress)
+        with prog or contextlib.nullcontext():
+            history = fit(
+                model,
+                ds.split("train"),
+                pre,
+                cfg,
+                hflip=ds.hflip,
+                progress=lambda e, h: log(
+                    f"  epoch {h['epoch']}/{epochs}: loss "
+                    f"{h['loss']:.3f}, train top-1 {h['train_top1']:.1f}%"
+                ),
+                bar=bar,
+            )
     prune_record = None
     if spec.prune_ratio:
         from edgekit.prune import PruneConfig, prune_and_finetune
@@ -321,6 +327,7 @@ def run(
     threads: int | None = None,
     force: bool = False,
     log=print,
+    show_progress: bool = False,
 ) -> list[dict]:
     """The main job: prepare, build every target, benchmark every artifact.
 
@@ -329,13 +336,12 @@ def run(
     (:func:`edgekit.harness.bench_isolated`). Returns the report rows; the report
     (``report.json``/``.csv``/``.md`` and the PNG plots) is written into ``WORK``.
     """
-    from edgekit.build import build_target
-    from edgekit.harness import BenchConfig, add_ratios, bench_isolated, environment, result_row
+    from edgekit.harness import BenchConfig, add_ratios, environment
     from edgekit.report import merge_reports, write_all
-    from edgekit.targets import get_target, unavailable_reason
+    from edgekit.targets import get_target
 
     cfg = cfg or BenchConfig()
-    ws = prepare(spec, work, force=force, log=log)
+    ws = prepare(spec, work, force=force, log=log, show_progress=show_progress)
     rec = ws.record()
     ds = load_workspace_dataset(rec)
     ctx = build_context(ws, ds)
@@ -344,29 +350,15 @@ def run(
     )
     chosen.sort(key=lambda t: (t.name != "pytorch-fp32", t.name))
     rows = []
-    for t in chosen:
-        reason = unavailable_reason(t)
-        if reason:
-            log(f"{t.name}: unavailable ({reason})")
-            rows.append(result_row(None, status="unavailable", target=t.name, reason=reason))
-            continue
-        try:
-            log(f"{t.name}: building")
-            build_target(t, ctx, ws.artifact_dir(t.name), force=True)
-            log(f"{t.name}: benchmarking")
-            row = bench_isolated(ws.artifact_dir(t.name), ds.test, cfg, threads)
-            if row["status"] != "ok":
-                log(f"{t.name}: {row['status']}: {row['reason']}")
-            rows.append(row)
-        except UnavailableError as e:
-            rows.append(result_row(None, status="unavailable", target=t.name, reason=str(e)))
-        except EdgekitError as e:
-            log(f"{t.name}: failed: {e}")
-            rows.append(result_row(None, status="failed", target=t.name, reason=str(e)))
-        except Exception as e:  # a backend bug must not abort the other rows
-            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-            log(f"{t.name}: failed: {reason}")
-            rows.append(result_row(None, status="failed", target=t.name, reason=reason))
+    prog = _targets_bar(show_progress)
+    task = prog.add_task("targets", total=len(chosen)) if prog else None
+    with prog or contextlib.nullcontext():
+        for t in chosen:
+            if prog:
+                prog.update(task, description=f"{t.name}")
+            rows.append(_build_and_bench(t, ctx, ws, ds, cfg, threads, log))
+            if prog:
+                prog.advance(task)
     add_ratios(rows)
     report = {
         "schema": "edgekit-report/1",
@@ -382,3 +374,49 @@ def run(
     }
     write_all(merge_reports([report]), ws.root, stem="report")
     return rows
+
+
+def _targets_bar(enabled: bool):
+    """A rich progress bar over the targets of ``run`` (on stderr), or None."""
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from edgekit.report import make_console
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=make_console(stderr=True),
+        transient=True,
+    )
+
+
+def _build_and_bench(t, ctx, ws: Workspace, ds, cfg, threads, log) -> dict:
+    """Build one target and measure it in a fresh process; any failure becomes a row."""
+    from edgekit.build import build_target
+    from edgekit.harness import bench_isolated, result_row
+    from edgekit.targets import unavailable_reason
+
+    reason = unavailable_reason(t)
+    if reason:
+        log(f"{t.name}: unavailable ({reason})")
+        return result_row(None, status="unavailable", target=t.name, reason=reason)
+    try:
+        log(f"{t.name}: building")
+        build_target(t, ctx, ws.artifact_dir(t.name), force=True)
+        log(f"{t.name}: benchmarking")
+        row = bench_isolated(ws.artifact_dir(t.name), ds.test, cfg, threads)
+        if row["status"] != "ok":
+            log(f"{t.name}: {row['status']}: {row['reason']}")
+        return row
+    except UnavailableError as e:
+        return result_row(None, status="unavailable", target=t.name, reason=str(e))
+    except EdgekitError as e:
+        log(f"{t.name}: failed: {e}")
+        return result_row(None, status="failed", target=t.name, reason=str(e))
+    except Exception as e:  # a backend bug must not abort the other rows
+        reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        log(f"{t.name}: failed: {reason}")
+        return result_row(None, status="failed", target=t.name, reason=reason)
