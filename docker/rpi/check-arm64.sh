@@ -128,7 +128,8 @@ t0=$SECONDS
 inroot edgekit run --work-dir "$WORK" \
   --dataset npz:/mnt/shared/data/cifar10 --model resnet20 \
   --weights /mnt/shared/models/resnet20-12fca82f.th \
-  --targets "$TARGETS" --threads 1 --quick || die "edgekit run failed"
+  --targets "$TARGETS" --threads 1 --quick --exporter torchscript --force \
+  || die "edgekit run failed"
 echo "run: $((SECONDS - t0)) s"
 
 stage "top-1 on the real CIFAR-10 test set (arm64, emulated)"
