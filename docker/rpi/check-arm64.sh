@@ -95,7 +95,9 @@ bind() { # bind SRC DEST [ro]
   if [[ "${3:-}" == ro ]]; then mount -o remount,bind,ro "$2"; fi
 }
 mount -t proc proc "$ROOTFS/proc" && mounts+=("$ROOTFS/proc")
-mount -t sysfs sysfs "$ROOTFS/sys" && mounts+=("$ROOTFS/sys") # torch's cpuinfo reads /sys
+# No /sys: with the host's sysfs mounted, torch's aarch64 CPU probe (xbyak_aarch64) looks for
+# MIDR_EL1 there, does not find it on an x86 host, and segfaults under qemu-user. Without it,
+# cpuinfo only warns.
 bind /dev "$ROOTFS/dev"
 bind "$SHARED" "$ROOTFS/mnt/shared" ro
 # The source is copied (not mounted): pip builds the wheel from it.
