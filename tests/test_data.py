@@ -87,3 +87,22 @@ def test_parse_normalization():
     assert parse_normalization("0.5,0.5,0.5/0.25,0.25,0.25")[1] == (0.25, 0.25, 0.25)
     with pytest.raises(EdgekitError, match="unknown normalization"):
         parse_normalization("0.5/0")
+
+
+def test_imagefolder_layout_is_resized_and_labelled(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            d = tmp_path / split / label
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40 + i, 50), colour).save(d / f"{i}.png")
+    ds = load_dataset(f"imagefolder:{tmp_path}", image_size=32)
+    assert ds.classes == ["cat", "dog"]
+    assert ds.train.x.shape == (6, 32, 32, 3) and ds.test.x.shape == (6, 32, 32, 3)
+    assert ds.test.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert ds.test.x[0, 16, 16].tolist() == [255, 0, 0]  # val/ serves as the test split
+    (tmp_path / "val").rename(tmp_path / "other")
+    with pytest.raises(EdgekitError, match=r"train/ and test/ \(or val/\)"):
+        load_dataset(f"imagefolder:{tmp_path}")
