@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,7 @@ def prepare(
         epochs = spec.epochs if spec.epochs is not None else DEFAULT_EPOCHS
         cfg = TrainConfig(epochs=epochs, seed=spec.seed)
         log(f"training {model_name} for {epochs} epochs (no --weights given)")
-        prog, bar = _rich_bar(show_progress)
+        prog, bar = _rich_bar(show_progress and sys.stderr.isatty())
         with prog or contextlib.nullcontext():
             history = fit(
                 model,
@@ -350,7 +351,8 @@ def run(
     )
     chosen.sort(key=lambda t: (t.name != "pytorch-fp32", t.name))
     rows = []
-    prog = _targets_bar(show_progress)
+    # bars only on a terminal: piped into a log, rich would hold the log lines back
+    prog = _targets_bar(show_progress and sys.stderr.isatty())
     task = prog.add_task("targets", total=len(chosen)) if prog else None
     with prog or contextlib.nullcontext():
         for t in chosen:
