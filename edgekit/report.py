@@ -42,26 +42,32 @@ def table(rows: list[dict], title: str = "edgekit benchmark"):
 
     multi = _multi_run(rows)
     for r in rows:
-        lat = r.get("latency_ms") or {}
-        thr = r.get("throughput_ips") or {}
-        best = max((v for v in thr.values() if v), default=None)
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
-        status = escape(status)  # reasons hold "edgekit[gpu]"-like text, not markup
-        t.add_row(
-            row_name(r, multi),
-            status,
-            _fmt(r.get("top1")),
-            _fmt(r.get("top1_drop"), "+.2f"),
-            _fmt(lat.get("p50"), ".3f"),
-            _fmt(lat.get("p90"), ".3f"),
-            _fmt(lat.get("p99"), ".3f"),
-            _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
-            _fmt(best, ".0f"),
-            _fmt(r.get("size_mb"), ".3f"),
-            _fmt(r.get("size_ratio"), ".3f"),
-            _fmt(r.get("peak_rss_mb"), ".0f"),
-        )
+        cells = _cells(r, multi)
+        cells[1] = escape(cells[1])  # reasons hold "edgekit[gpu]"-like text, not markup
+        t.add_row(*cells)
     return t
+
+
+def _cells(r: dict, multi: bool) -> list[str]:
+    """A row's figures as text, in the column order of the table and the Markdown."""
+    lat = r.get("latency_ms") or {}
+    thr = r.get("throughput_ips") or {}
+    best = max((v for v in thr.values() if v), default=None)
+    status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
+    return [
+        row_name(r, multi),
+        status,
+        _fmt(r.get("top1")),
+        _fmt(r.get("top1_drop"), "+.2f"),
+        _fmt(lat.get("p50"), ".3f"),
+        _fmt(lat.get("p90"), ".3f"),
+        _fmt(lat.get("p99"), ".3f"),
+        _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
+        _fmt(best, ".0f"),
+        _fmt(r.get("size_mb"), ".3f"),
+        _fmt(r.get("size_ratio"), ".3f"),
+        _fmt(r.get("peak_rss_mb"), ".0f"),
+    ]
 
 
 def print_table(rows: list[dict], title: str = "edgekit benchmark", console=None) -> None:
@@ -267,24 +273,8 @@ def markdown_table(rows: list[dict]) -> str:
         "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|",
     ]
     for r in rows:
-        lat = r.get("latency_ms") or {}
-        thr = r.get("throughput_ips") or {}
-        best = max((v for v in thr.values() if v), default=None)
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
-        cells = [
-            row_name(r, multi),
-            status.replace("|", "\\|").replace("\n", " "),
-            _fmt(r.get("top1")),
-            _fmt(r.get("top1_drop"), "+.2f"),
-            _fmt(lat.get("p50"), ".3f"),
-            _fmt(lat.get("p90"), ".3f"),
-            _fmt(lat.get("p99"), ".3f"),
-            _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
-            _fmt(best, ".0f"),
-            _fmt(r.get("size_mb"), ".3f"),
-            _fmt(r.get("size_ratio"), ".3f"),
-            _fmt(r.get("peak_rss_mb"), ".0f"),
-        ]
+        cells = _cells(r, multi)
+        cells[1] = cells[1].replace("|", "\\|").replace("\n", " ")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
