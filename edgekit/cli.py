@@ -550,6 +550,16 @@ PruneRatio = Annotated[
 ]
 
 
+KdFeatures = Annotated[
+    float,
+    typer.Option(
+        "--kd-features",
+        help="With --distill: weight of block-output (feature) distillation, e.g. 100. "
+        "Helps short fine-tunes; see docs/pruning.md. 0 = logits only.",
+    ),
+]
+
+
 def _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, ignore, by):
     from edgekit.prune import PruneConfig
 
@@ -591,6 +601,7 @@ def prune_cmd(
     distill: Annotated[
         bool, typer.Option("--distill", help="KD from the unpruned model while fine-tuning.")
     ] = False,
+    kd_features: KdFeatures = 0.0,
     force: Force = False,
 ):
     """Structured pruning (torch-pruning DepGraph): removes channels, reports params/MACs/size."""
@@ -607,6 +618,7 @@ def prune_cmd(
         finetune_epochs=finetune_epochs,
         lr=lr,
         distill=distill,
+        kd_features=kd_features,
         force=force,
         log=_log,
     )
@@ -628,6 +640,7 @@ def sweep_cmd(
     by: Annotated[str, typer.Option("--by", help="channels or macs.")] = "channels",
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs")] = 2,
     distill: Annotated[bool, typer.Option("--distill")] = False,
+    kd_features: KdFeatures = 0.0,
     threads: Threads = None,
     quick: Quick = False,
     seed: SeedOpt = 0,
@@ -641,6 +654,9 @@ def sweep_cmd(
         rs = [float(r) for r in ratios.split(",") if r.strip()]
     except ValueError:
         raise EdgekitError(f"--ratios must be numbers like 0,0.3,0.5, got {ratios!r}") from None
+    from edgekit.prune import check_kd_features
+
+    check_kd_features(kd_features, distill)
     spec = _spec(dataset, data_dir, model, weights, None, None, epochs, "dynamo", True, 18, seed)
     spec.prune_options = {
         "importance": importance,
@@ -648,6 +664,7 @@ def sweep_cmd(
         "by": by,
         "finetune_epochs": finetune_epochs,
         "distill": distill,
+        "kd_features": kd_features,
     }
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     cfg = BenchConfig.quick() if quick else BenchConfig()

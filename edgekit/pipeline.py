@@ -90,7 +90,7 @@ class ModelSpec:
     prune_ratio: float | None = None  # structured pruning (edgekit.prune) before export
     prune_options: dict = field(
         default_factory=dict
-    )  # PruneConfig fields, finetune_epochs, distill
+    )  # PruneConfig fields, finetune_epochs, distill, kd_features
 
 
 def resolve_preprocess(dataset, model_spec: str, override: str | None, ckpt_meta: dict):
@@ -185,6 +185,7 @@ def prepare(
         opts = dict(spec.prune_options)
         ft_epochs = int(opts.pop("finetune_epochs", 2))
         distill = bool(opts.pop("distill", False))
+        kd_features = float(opts.pop("kd_features", 0.0))
         pcfg = PruneConfig(ratio=spec.prune_ratio, **opts)
         log(
             f"pruning {model_name}: ratio {spec.prune_ratio} ({pcfg.by}), then {ft_epochs} "
@@ -195,7 +196,7 @@ def prepare(
             ds.split("train"),
             pre,
             pcfg,
-            TrainConfig(epochs=ft_epochs, lr=0.01, seed=spec.seed),
+            TrainConfig(epochs=ft_epochs, lr=0.01, seed=spec.seed, kd_features=kd_features),
             ds.hflip,
             distill,
             log=log,

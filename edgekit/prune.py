@@ -501,6 +501,17 @@ def prune_and_finetune(
     return res, history
 
 
+def check_kd_features(kd_features: float, distill: bool) -> None:
+    """Raises EdgekitError for a negative weight, or feature distillation without a teacher."""
+    if kd_features < 0:
+        raise EdgekitError(f"--kd-features must be >= 0, got {kd_features}")
+    if kd_features > 0 and not distill:
+        raise EdgekitError(
+            "--kd-features distils block outputs from the unpruned model, which needs --distill",
+            "add --distill (or drop --kd-features)",
+        )
+
+
 def prune_checkpoint(
     weights: str,
     out: str,
@@ -512,6 +523,7 @@ def prune_checkpoint(
     finetune_epochs: int = 0,
     lr: float = 0.01,
     distill: bool = False,
+    kd_features: float = 0.0,
     force: bool = False,
     log=print,
 ) -> PruneResult:
@@ -520,8 +532,12 @@ def prune_checkpoint(
     The output stores the pruned layer shapes (:mod:`edgekit.structure`), so it loads
     with ``weights_only=True`` via :func:`edgekit.models.load_model`.
 
+    ``kd_features`` > 0 adds block-output distillation
+    (:class:`edgekit.train.FeatureDistill`) to ``distill``'s logits KD.
+
     Raises:
-        EdgekitError: see :func:`prune_model`; ``out`` exists without ``force``.
+        EdgekitError: see :func:`prune_model`; ``out`` exists without ``force``;
+            ``kd_features`` without ``distill``.
     """
     from edgekit.data import load_dataset
     from edgekit.fileio import check_writable
@@ -531,6 +547,7 @@ def prune_checkpoint(
 
     check_writable(out, force)
     cfg.validate()
+    check_kd_features(kd_features, distill)
     ds = load_dataset(dataset, data_dir)
     m, meta = load_model(model, weights, None if meta_has_classes(weights) else ds.num_classes)
     name = meta.get("model", model)
@@ -540,7 +557,7 @@ def prune_checkpoint(
         ds.split("train"),
         pre,
         cfg,
-        TrainConfig(epochs=finetune_epochs, lr=lr),
+        TrainConfig(epochs=finetune_epochs, lr=lr, kd_features=kd_features),
         ds.hflip,
         distill,
         log=log,

@@ -10,6 +10,15 @@ in a Neural Network"): :func:`kd_loss` mixes the KL divergence between the
 teacher's and the student's temperature-softened distributions (times T^2, so
 gradients keep their scale) with the cross-entropy on labels.
 
+Feature distillation (``kd_features`` > 0): the student also mimics the teacher's
+intermediate outputs (the "hints" of Romero et al. 2015, "FitNets"), here without
+adapters, on the layers whose outputs keep their shape after pruning (for the
+option-A ResNets, every residual block: edgekit prunes only inside blocks). It is
+the SGD form of the feature-map reconstruction that He, Zhang and Sun (ICCV 2017,
+"Channel Pruning for Accelerating Very Deep Neural Networks") solve by least
+squares, and it recovers a pruned model much faster than logits alone: see
+docs/pruning.md. :class:`FeatureDistill` documents the loss.
+
 :func:`train` is the full job behind ``edgekit train``: a seeded train/validation
 split held out from the training set (never the test set), a checkpoint every
 epoch (``last.pt``) and the best by validation top-1 (``best.pt``), ``--resume``,
@@ -46,6 +55,8 @@ class TrainConfig:
     crop_padding: int = 4
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
+    kd_features: float = 0.0
+    kd_feature_layers: tuple[str, ...] = ()
     time_budget_s: float | None = None
     amp: bool = True
     workers: int = 4
@@ -82,6 +93,90 @@ def kd_loss(
     )
     ce = F.cross_entropy(student_logits, target, label_smoothing=label_smoothing)
     return alpha * t * t * kl + (1.0 - alpha) * ce
+
+
+class FeatureDistill:
+    """Student-mimics-teacher loss on intermediate outputs of the same shape.
+
+    ``loss = mean over layers l of ||s_l - t_l||^2 / ||t_l||^2`` (both squared norms
+    averaged over elements), a relative squared error so that one weight suits layers
+    and models of any activation scale. FitNets' hints (Romero et al. 2015) without the
+    adapter regressor, which is not needed when the shapes agree.
+
+    Layers: ``names`` when given (module names as in ``named_modules()``); otherwise
+    every direct child of an ``nn.Sequential`` (the residual blocks of a ResNet's
+    stages). Only the layers whose output shape is the same in teacher and student on
+    the first batch are used.
+
+    Raises:
+        EdgekitError: a named layer is missing from either model, or no layer has
+            the same output shape in both.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, names=()):
+        from edgekit.errors import EdgekitError
+
+        s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
+        if names:
+            missing = [n for n in names if n not in s_mods or n not in t_mods]
+            if missing:
+                raise EdgekitError(
+                    f"feature-distillation layer(s) not in both models: {', '.join(missing)}",
+                    "use module names as in model.named_modules(), e.g. layer1.0",
+                )
+            chosen = list(names)
+        else:
+            chosen = [
+                f"{parent}.{child}" if parent else child
+                for parent, m in teacher.named_modules()
+                if isinstance(m, nn.Sequential)
+                for child, _ in m.named_children()
+            ]
+            chosen = [n for n in chosen if n in s_mods]
+        self.s_out: dict[str, torch.Tensor] = {}
+        self.t_out: dict[str, torch.Tensor] = {}
+        self.layers: list[str] | None = None
+        self._hooks = []
+        for n in chosen:
+            self._hooks.append(s_mods[n].register_forward_hook(self._keep(self.s_out, n)))
+            self._hooks.append(t_mods[n].register_forward_hook(self._keep(self.t_out, n)))
+        self._error = EdgekitError
+
+    @staticmethod
+    def _keep(store, name):
+        def hook(_m, _i, out):
+            if isinstance(out, torch.Tensor):
+                store[name] = out
+
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        """The relative squared error of the last forward passes (scalar float32)."""
+        if self.layers is None:
+            self.layers = [
+                n
+                for n, t in self.t_out.items()
+                if n in self.s_out and self.s_out[n].shape == t.shape
+            ]
+            if not self.layers:
+                raise self._error(
+                    "feature distillation: no layer has the same output shape in the pruned "
+                    "model and the teacher",
+                    "pass layer names whose outputs kept their shape, or set kd_features to 0",
+                )
+        terms = [
+            F.mse_loss(self.s_out[n].float(), self.t_out[n].float())
+            / self.t_out[n].float().pow(2).mean().clamp_min(1e-12)
+            for n in self.layers
+        ]
+        self.s_out.clear()
+        self.t_out.clear()
+        return torch.stack(terms).mean()
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
 
 
 def augment(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -155,7 +250,8 @@ def fit(
         preprocess: :class:`edgekit.preprocess.Preprocess` (its mean/std/scale).
         progress: optional callable ``(epoch, history_entry)``.
         teacher: optional frozen model; the loss becomes :func:`kd_loss` with
-            ``cfg.kd_alpha`` and ``cfg.kd_temperature``.
+            ``cfg.kd_alpha`` and ``cfg.kd_temperature``, plus ``cfg.kd_features`` times
+            :class:`FeatureDistill` on ``cfg.kd_feature_layers`` when that weight is > 0.
         device: ``cpu`` (default) or ``cuda``; AMP (bfloat16/float16 autocast) on CUDA
             when ``cfg.amp``.
         resume: a state from ``on_epoch_end`` (``epoch``, ``optimizer``, ``scheduler``,
@@ -175,8 +271,14 @@ def fit(
     x_all = torch.from_numpy(train_split.x).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
     y_all = torch.from_numpy(np.asarray(train_split.y, dtype=np.int64))
     model.to(device)
+    feats = None
     if teacher is not None:
         teacher.to(device).eval()
+        if cfg.kd_features > 0:
+            inner = (
+                model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+            )
+            feats = FeatureDistill(inner, teacher, cfg.kd_feature_layers)
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -211,86 +313,92 @@ def fit(
             persistent_workers=cfg.workers > 0,
             drop_last=False,
         )
-    t0 = time.perf_counter()
-    out_of_time = False
-    advance = bar(steps - start * per_epoch) if bar else None
-    for epoch in range(start, cfg.epochs):
-        model.train()
-        tot_loss, tot_correct, seen = 0.0, 0, 0
-        if loader is not None:
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            batches = iter(loader)
-        else:
-            perm = torch.randperm(len(y_all), generator=gen)
-            batches = (
-                (x_all[perm[i : i + cfg.batch_size]], y_all[perm[i : i + cfg.batch_size]])
-                for i in range(0, len(perm), cfg.batch_size)
-            )
-        for xb, yb in batches:
-            xb = augment(xb, cfg.crop_padding, hflip, gen)
-            xb = xb.to(device, non_blocking=True)
-            yb = yb.to(device, non_blocking=True)
-            xb = (xb.float() / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
-            if cfg.time_budget_s:
-                frac = min(1.0, (time.perf_counter() - t0) / cfg.time_budget_s)
-                for g in opt.param_groups:
-                    g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * frac))
-            with torch.autocast(device.type, enabled=use_amp):
-                out = model(xb)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_out = teacher(xb)
-                    loss = kd_loss(
-                        out.float(),
-                        t_out.float(),
-                        yb,
-                        cfg.kd_alpha,
-                        cfg.kd_temperature,
-                        cfg.label_smoothing,
-                    )
-                else:
-                    loss = crit(out.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if not cfg.time_budget_s:
-                sched.step()
-            tot_loss += loss.item() * len(yb)
-            tot_correct += int((out.argmax(1) == yb).sum())
-            seen += len(yb)
-            if advance:
-                advance(1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f}")
-            if cfg.time_budget_s and time.perf_counter() - t0 >= cfg.time_budget_s:
-                out_of_time = True
+    try:
+        t0 = time.perf_counter()
+        out_of_time = False
+        advance = bar(steps - start * per_epoch) if bar else None
+        for epoch in range(start, cfg.epochs):
+            model.train()
+            tot_loss, tot_correct, seen = 0.0, 0, 0
+            if loader is not None:
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                batches = iter(loader)
+            else:
+                perm = torch.randperm(len(y_all), generator=gen)
+                batches = (
+                    (x_all[perm[i : i + cfg.batch_size]], y_all[perm[i : i + cfg.batch_size]])
+                    for i in range(0, len(perm), cfg.batch_size)
+                )
+            for xb, yb in batches:
+                xb = augment(xb, cfg.crop_padding, hflip, gen)
+                xb = xb.to(device, non_blocking=True)
+                yb = yb.to(device, non_blocking=True)
+                xb = (xb.float() / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
+                if cfg.time_budget_s:
+                    frac = min(1.0, (time.perf_counter() - t0) / cfg.time_budget_s)
+                    for g in opt.param_groups:
+                        g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * frac))
+                with torch.autocast(device.type, enabled=use_amp):
+                    out = model(xb)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_out = teacher(xb)
+                        loss = kd_loss(
+                            out.float(),
+                            t_out.float(),
+                            yb,
+                            cfg.kd_alpha,
+                            cfg.kd_temperature,
+                            cfg.label_smoothing,
+                        )
+                        if feats is not None:
+                            loss = loss + cfg.kd_features * feats.loss()
+                    else:
+                        loss = crit(out.float(), yb)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                if not cfg.time_budget_s:
+                    sched.step()
+                tot_loss += loss.item() * len(yb)
+                tot_correct += int((out.argmax(1) == yb).sum())
+                seen += len(yb)
+                if advance:
+                    advance(1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f}")
+                if cfg.time_budget_s and time.perf_counter() - t0 >= cfg.time_budget_s:
+                    out_of_time = True
+                    break
+            entry = {
+                "epoch": epoch + 1,
+                "loss": tot_loss / max(1, seen),
+                "train_top1": 100.0 * tot_correct / max(1, seen),
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            if val_split is not None:
+                inner = model.module if ddp else model
+                entry["val_top1"] = evaluate(inner, val_split, preprocess, device=device)
+            history.append(entry)
+            if progress:
+                progress(epoch, entry)
+            if on_epoch_end:
+                on_epoch_end(
+                    epoch,
+                    entry,
+                    {
+                        "epoch": epoch + 1,
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "history": history,
+                    },
+                )
+            if out_of_time:
                 break
-        entry = {
-            "epoch": epoch + 1,
-            "loss": tot_loss / max(1, seen),
-            "train_top1": 100.0 * tot_correct / max(1, seen),
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-        if val_split is not None:
-            inner = model.module if ddp else model
-            entry["val_top1"] = evaluate(inner, val_split, preprocess, device=device)
-        history.append(entry)
-        if progress:
-            progress(epoch, entry)
-        if on_epoch_end:
-            on_epoch_end(
-                epoch,
-                entry,
-                {
-                    "epoch": epoch + 1,
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "history": history,
-                },
-            )
-        if out_of_time:
-            break
+    finally:
+        if feats is not None:
+            feats.close()
     model.eval()
     return history
 

@@ -171,6 +171,13 @@ def test_cli_prune_raises_user_error(tmp_path):
     # main() turns EdgekitError into one "error:" line and exit status 2
     assert isinstance(r.exception, EdgekitError)
     assert "outside [0, 1)" in str(r.exception)
+    # feature distillation needs the teacher that --distill provides; nothing is written
+    r = CliRunner().invoke(
+        app,
+        ["prune", "--weights", str(ck), "--out", str(tmp_path / "o.pt"), "--kd-features", "100"],
+    )
+    assert isinstance(r.exception, EdgekitError) and "needs --distill" in str(r.exception)
+    assert not (tmp_path / "o.pt").exists()
 
 
 def test_recalibrate_bn_replaces_stale_statistics():
