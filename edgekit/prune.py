@@ -454,11 +454,15 @@ def prune_and_finetune(
 ) -> tuple[PruneResult, list[dict]]:
     """Prune ``model`` in place and recover accuracy by fine-tuning (optionally with KD).
 
-    With ``cfg.steps`` > 1, ``train_cfg.epochs`` epochs of fine-tuning run between steps
-    and after the last one; with 1 step, once at the end. Finally the BatchNorm
-    statistics are re-estimated on training images (:func:`recalibrate_bn`). ``distill`` uses a frozen copy
-    of the unpruned model as teacher (:func:`edgekit.train.kd_loss`). ``train_cfg`` None
-    or ``epochs`` 0 means no fine-tuning.
+    After every pruning step the BatchNorm statistics are re-estimated on training
+    images (:func:`recalibrate_bn`, adaptive BN), then fine-tuning runs: with
+    ``cfg.steps`` > 1, ``train_cfg.epochs`` epochs between steps and after the last one;
+    with 1 step, once at the end. The statistics are *not* re-estimated after
+    fine-tuning: the ones fine-tuning accumulated on augmented batches are what the
+    fine-tuned weights expect (re-estimating them on un-augmented images cost 1.8 points
+    of top-1 on ResNet-20; docs/pruning.md). ``distill`` uses a frozen copy of the
+    unpruned model as teacher (:func:`edgekit.train.kd_loss`). ``train_cfg`` None or
+    ``epochs`` 0 means no fine-tuning.
 
     Returns:
         ``(PruneResult, fine-tuning history)``.
@@ -479,6 +483,10 @@ def prune_and_finetune(
     history: list[dict] = []
 
     def finetune(m, step):
+        # the layers that lost input channels now see other activations: fresh statistics
+        n = recalibrate_bn(m, train_split, preprocess, seed=train_cfg.seed)
+        if n:
+            log(f"  re-estimated BatchNorm statistics on {n} training images")
         if train_cfg.epochs > 0:
             log(f"  fine-tuning {train_cfg.epochs} epoch(s) after step {step + 1}")
             history.extend(
@@ -493,10 +501,6 @@ def prune_and_finetune(
         f"{res.after['size_mb']:.2f} MB"
     )
     finetune(model, cfg.steps - 1)
-    # stale BN statistics otherwise cost tens of points after a short fine-tune
-    n = recalibrate_bn(model, train_split, preprocess, seed=train_cfg.seed)
-    if n:
-        log(f"  re-estimated BatchNorm statistics on {n} training images")
     model.eval()
     return res, history
 
