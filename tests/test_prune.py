@@ -202,3 +202,23 @@ def test_recalibrate_bn_replaces_stale_statistics():
         a = m.conv1(torch.from_numpy(pre.apply(split.x)))
     torch.testing.assert_close(m.bn1.running_mean, a.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(m.bn1.running_var, a.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_recalibrate_bn_on_augmented_images_sees_the_crop_padding():
+    from edgekit.data import Split
+    from edgekit.preprocess import Preprocess
+    from edgekit.prune import recalibrate_bn
+    from edgekit.train import augment
+
+    m = build_model("resnet8", 10).eval()
+    split = Split(np.full((24, 32, 32, 3), 200, np.uint8), np.arange(24) % 10)
+    pre = Preprocess(32, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    recalibrate_bn(m, split, pre, batch=24, augment=(4, True))
+    # the same seeded crops (zero borders) by hand: the first BN's mean is theirs
+    gen = torch.Generator().manual_seed(0)
+    xa = augment(torch.from_numpy(split.x).permute(0, 3, 1, 2), 4, True, gen)
+    with torch.no_grad():
+        a = m.conv1(torch.from_numpy(pre.apply(xa.permute(0, 2, 3, 1).numpy())))
+        plain = m.conv1(torch.from_numpy(pre.apply(split.x)))
+    torch.testing.assert_close(m.bn1.running_mean, a.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(m.bn1.running_mean, plain.mean((0, 2, 3)), atol=1e-3)
