@@ -142,7 +142,7 @@ def accuracy(args) -> dict:
     from edgekit.data import load_dataset
     from edgekit.models import load_model
     from edgekit.pipeline import resolve_preprocess
-    from edgekit.prune import PruneConfig, prune_model, recalibrate_bn
+    from edgekit.prune import PruneConfig, parse_layer_ratios, prune_model, recalibrate_bn
     from edgekit.train import TrainConfig, evaluate, fit
 
     torch.set_num_threads(args.threads)
@@ -160,10 +160,7 @@ def accuracy(args) -> dict:
     print(f"top-1 before pruning: {top1_base:.2f}% ({len(train)} training images)", flush=True)
     student = copy.deepcopy(teacher)
     x = torch.randn(1, 3, 32, 32)
-    per_layer = {}
-    for item in filter(None, (args.layer_ratio or "").split(",")):
-        name, _, r = item.partition("=")
-        per_layer[name.strip()] = float(r)
+    per_layer = parse_layer_ratios(args.layer_ratio or "")
     cfg = PruneConfig(
         ratio=args.ratio if args.ratio is not None else args.macs,
         by="channels" if args.ratio is not None else "macs",

@@ -475,19 +475,6 @@ _INSTALL_HINTS = {
 }
 
 
-def _ratios(text: str) -> dict[str, float]:
-    out = {}
-    for part in (p for p in text.split(",") if p.strip()):
-        name, _, r = part.partition("=")
-        try:
-            out[name.strip()] = float(r)
-        except ValueError:
-            raise EdgekitError(
-                f"--layer-ratio wants NAME=RATIO[,NAME=RATIO], got {part!r}"
-            ) from None
-    return out
-
-
 @app.command("train")
 def train_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")] = Path(
@@ -561,11 +548,11 @@ KdFeatures = Annotated[
 
 
 def _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, ignore, by):
-    from edgekit.prune import PruneConfig
+    from edgekit.prune import PruneConfig, parse_layer_ratios
 
     return PruneConfig(
         ratio=ratio,
-        per_layer=_ratios(layer_ratio) if layer_ratio else {},
+        per_layer=parse_layer_ratios(layer_ratio) if layer_ratio else {},
         global_pruning=global_,
         importance=importance,
         steps=steps,

@@ -87,6 +87,24 @@ class PruneConfig:
             raise EdgekitError(f"--by must be 'channels' or 'macs', got {self.by!r}")
 
 
+def parse_layer_ratios(text: str) -> dict[str, float]:
+    """``"layer1.0.conv1=0.5,layer2.0.conv1=0.25"`` -> ``{name: ratio}``.
+
+    Raises:
+        EdgekitError: an item that is not ``NAME=RATIO`` with a number.
+    """
+    out = {}
+    for part in (p for p in text.split(",") if p.strip()):
+        name, _, r = part.partition("=")
+        try:
+            out[name.strip()] = float(r)
+        except ValueError:
+            raise EdgekitError(
+                f"--layer-ratio wants NAME=RATIO[,NAME=RATIO], got {part!r}"
+            ) from None
+    return out
+
+
 def model_stats(model: nn.Module, example: torch.Tensor) -> dict:
     """Params, MACs (batch of ``example``, via ``tp.utils.count_ops_and_params``) and size.
 
@@ -438,13 +456,13 @@ def recalibrate_bn(
         m.momentum = None  # cumulative moving average
         m.train()
     device = next(model.parameters()).device
+    from edgekit.train import augment as aug
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for i in range(0, len(idx), batch):
             xb = split.x[np.sort(idx[i : i + batch])]
             if augment is not None:
-                from edgekit.train import augment as aug
-
                 t = aug(torch.from_numpy(xb).permute(0, 3, 1, 2), *augment, gen)
                 xb = t.permute(0, 2, 3, 1).contiguous().numpy()
             x = torch.from_numpy(preprocess.apply(xb))

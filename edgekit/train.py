@@ -140,7 +140,6 @@ class FeatureDistill:
         for n in chosen:
             self._hooks.append(s_mods[n].register_forward_hook(self._keep(self.s_out, n)))
             self._hooks.append(t_mods[n].register_forward_hook(self._keep(self.t_out, n)))
-        self._error = EdgekitError
 
     @staticmethod
     def _keep(store, name):
@@ -159,16 +158,17 @@ class FeatureDistill:
                 if n in self.s_out and self.s_out[n].shape == t.shape
             ]
             if not self.layers:
-                raise self._error(
+                from edgekit.errors import EdgekitError
+
+                raise EdgekitError(
                     "feature distillation: no layer has the same output shape in the pruned "
                     "model and the teacher",
                     "pass layer names whose outputs kept their shape, or set kd_features to 0",
                 )
-        terms = [
-            F.mse_loss(self.s_out[n].float(), self.t_out[n].float())
-            / self.t_out[n].float().pow(2).mean().clamp_min(1e-12)
-            for n in self.layers
-        ]
+        terms = []
+        for n in self.layers:
+            t = self.t_out[n].float()
+            terms.append(F.mse_loss(self.s_out[n].float(), t) / t.pow(2).mean().clamp_min(1e-12))
         self.s_out.clear()
         self.t_out.clear()
         return torch.stack(terms).mean()
