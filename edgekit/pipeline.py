@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.errors import EdgekitError, UnavailableError
-from edgekit.fileio import require_file, write_json
+from edgekit.fileio import (
+    clean_stale_parts,
+    contained,
+    remove_tree,
+    require_file,
+    workdir_lock,
+    write_json,
+)
 
 RECORD = "edgekit.json"
 DEFAULT_MODEL = "resnet8"
@@ -49,8 +55,26 @@ class Workspace:
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 
+    @property
+    def onnx_for_tensorrt(self) -> Path:
+        return self.root / "onnx-for-tensorrt"
+
     def artifact_dir(self, target: str) -> Path:
-        return self.artifacts / target
+        """``WORK/artifacts/TARGET``.
+
+        Raises:
+            EdgekitError: ``target`` is not a plain name, so the path would not be a
+                directory directly inside ``WORK/artifacts`` (``..``, ``/abs``, ``""``).
+        """
+        return contained(self.artifacts, target, "target name", component=True)
+
+    def lock(self):
+        """The work directory's advisory lock (:func:`edgekit.fileio.workdir_lock`)."""
+        return workdir_lock(self.root)
+
+    def clean_stale(self) -> list[Path]:
+        """Remove ``.*.part`` leftovers of killed edgekit processes (older than this one)."""
+        return clean_stale_parts(self.root, self.artifacts, self.onnx_for_tensorrt)
 
     def has_artifacts(self) -> bool:
         return any(p.is_file() for p in (self.checkpoint, self.onnx)) or (
@@ -68,7 +92,41 @@ class Workspace:
                 f"{self.root} is not an edgekit work directory (no {RECORD})",
                 "create one with: edgekit export --work-dir DIR ...",
             )
-        return json.loads(self.record_path.read_text())
+        try:
+            return json.loads(self.record_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise EdgekitError(
+                f"cannot read {self.record_path}: {e}",
+                "re-create the work directory with: edgekit export --force",
+            ) from None
+
+    def check_onnx(self) -> None:
+        """Refuse a missing, truncated or garbage ``WORK/model.onnx`` with one error line.
+
+        Parsed with ``onnx.load`` and ``onnx.checker`` (skipped when onnx is not
+        installed: the runtime install builds nothing from ONNX).
+
+        Raises:
+            EdgekitError: naming the file, with ``edgekit export --force`` as the fix.
+        """
+        hint = f"re-export it with: edgekit export --force --work-dir {self.root} ..."
+        if not self.onnx.is_file():
+            raise EdgekitError(f"{self.onnx} is missing", hint)
+        try:
+            import onnx
+        except ImportError:
+            return
+        try:
+            proto = onnx.load(str(self.onnx), load_external_data=False)
+            onnx.checker.check_model(proto)
+            if not proto.graph.node:
+                raise ValueError("its graph has no nodes")
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise EdgekitError(
+                f"{self.onnx} is not a valid ONNX model (truncated or corrupt: {first[:200]})",
+                hint,
+            ) from None
 
 
 @dataclass
@@ -122,14 +180,20 @@ def prepare(
 
     Raises:
         EdgekitError: bad dataset/model/weights, a work directory that already
-            holds artifacts without ``force``, or a failed export check.
+            holds artifacts without ``force``, a failed export check, or another
+            edgekit process working in ``work`` (:func:`edgekit.fileio.workdir_lock`).
     """
-    from edgekit.data import load_dataset
-    from edgekit.models import load_model
-
     ws = Workspace(Path(work))
     if ws.root.exists() and not ws.root.is_dir():
         raise EdgekitError(f"{ws.root} exists and is not a directory")
+    with ws.lock():
+        return _prepare(spec, ws, force, log, show_progress)
+
+
+def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bool) -> Workspace:
+    from edgekit.data import load_dataset
+    from edgekit.models import load_model
+
     if ws.has_artifacts() and not force:
         raise EdgekitError(
             f"{ws.root} already holds artifacts",
@@ -202,7 +266,6 @@ def prepare(
             log=log,
         )
         prune_record = {**res.to_dict(), "finetune_history": ft_hist}
-    ws.root.mkdir(parents=True, exist_ok=True)
     try:
         _write_workspace(
             ws, spec, ds, model, model_name, num_classes, pre, history, prune_record, t0, log
@@ -212,8 +275,8 @@ def prepare(
         for p in (ws.record_path, ws.checkpoint, ws.onnx):
             p.unlink(missing_ok=True)
         raise
-    if ws.artifacts.is_dir():  # --force: artifacts of the previous model are stale now
-        shutil.rmtree(ws.artifacts)
+    if ws.artifacts.is_dir() or ws.artifacts.is_symlink():  # --force: stale artifacts now
+        remove_tree(ws.artifacts, ws.root)
     return ws
 
 
@@ -299,18 +362,34 @@ def build(
     With ``onnx_only`` (TensorRT targets), write only the ONNX the engine build
     would parse (Q/DQ INT8 or FP16) into ``WORK/onnx-for-tensorrt/TARGET``; no
     TensorRT or GPU is needed. Returns that directory's build record then.
+
+    Holds the work directory's lock while building and first removes stale
+    ``.*.part`` leftovers of killed processes.
+
+    Raises:
+        EdgekitError: not a work directory, a target name that is not a plain name,
+            a truncated or corrupt ``WORK/model.onnx``, another edgekit process in
+            the work directory, an existing artifact without ``force``, a
+            file-system fault, or a failed build.
     """
     from edgekit.build import build_target
     from edgekit.targets import get_target
 
     target = get_target(target_name, target_files)
-    if onnx_only:
-        from edgekit.backends.tensorrt import write_onnx_only
-
-        return write_onnx_only(target, build_context(ws, dataset), ws.root, force=force)
-    return build_target(
-        target, build_context(ws, dataset), ws.artifact_dir(target.name), force=force
+    out = (
+        contained(ws.onnx_for_tensorrt, target.name, "target name", component=True)
+        if onnx_only
+        else ws.artifact_dir(target.name)
     )
+    ws.record()  # not a work directory: say so before creating anything in it
+    with ws.lock():
+        ws.clean_stale()
+        ws.check_onnx()
+        if onnx_only:
+            from edgekit.backends.tensorrt import write_onnx_only
+
+            return write_onnx_only(target, build_context(ws, dataset), ws.root, force=force)
+        return build_target(target, build_context(ws, dataset), out, force=force)
 
 
 def default_targets(target_files=None) -> list:
@@ -338,19 +417,32 @@ def run(
     (:func:`edgekit.harness.bench_isolated`). Returns the report rows; the report
     (``report.json``/``.csv``/``.md`` and the PNG plots) is written into ``WORK``.
     """
-    from edgekit.harness import BenchConfig, add_ratios, environment
-    from edgekit.report import merge_reports, write_all
+    from edgekit.harness import BenchConfig
     from edgekit.targets import get_target
 
     cfg = cfg or BenchConfig()
-    ws = prepare(spec, work, force=force, log=log, show_progress=show_progress)
-    rec = ws.record()
-    ds = load_workspace_dataset(rec)
-    ctx = build_context(ws, ds)
+    ws = Workspace(Path(work))
     chosen = (
         [get_target(t, target_files) for t in targets] if targets else default_targets(target_files)
     )
+    for t in chosen:  # a name that is not a plain name is refused before any work
+        ws.artifact_dir(t.name)
     chosen.sort(key=lambda t: (t.name != "pytorch-fp32", t.name))
+    if ws.root.exists() and not ws.root.is_dir():
+        raise EdgekitError(f"{ws.root} exists and is not a directory")
+    with ws.lock():
+        return _run(spec, ws, chosen, cfg, threads, force, log, show_progress)
+
+
+def _run(spec, ws: Workspace, chosen, cfg, threads, force, log, show_progress) -> list[dict]:
+    from edgekit.harness import add_ratios, environment
+    from edgekit.report import merge_reports, write_all
+
+    ws = prepare(spec, ws.root, force=force, log=log, show_progress=show_progress)
+    ws.clean_stale()
+    rec = ws.record()
+    ds = load_workspace_dataset(rec)
+    ctx = build_context(ws, ds)
     rows = []
     # bars only on a terminal: piped into a log, rich would hold the log lines back
     prog = _targets_bar(show_progress and sys.stderr.isatty())

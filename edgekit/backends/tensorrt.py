@@ -514,16 +514,17 @@ def write_onnx_only(target, ctx: BuildContext, work_root: Path, force: bool = Fa
     """``edgekit build --onnx-only``: write ``WORK/onnx-for-tensorrt/TARGET/model.onnx``.
 
     Raises:
-        EdgekitError: not a TensorRT target, or the directory exists without ``force``.
+        EdgekitError: not a TensorRT target, the directory exists without ``force``,
+            or the target name is not a plain name (the path would leave the root).
     """
-    from edgekit.fileio import atomic_dir
+    from edgekit.fileio import atomic_dir, contained
 
     if target.backend != "tensorrt":
         raise EdgekitError(
             f"--onnx-only is for TensorRT targets; {target.name} uses {target.backend}",
             "drop --onnx-only",
         )
-    out = Path(work_root) / "onnx-for-tensorrt" / target.name
+    out = contained(Path(work_root) / "onnx-for-tensorrt", target.name, "target name", True)
     with atomic_dir(out, force=force) as tmp:
         rec = BACKEND.prepare_onnx(ctx, target, tmp)
     rec["path"] = str(out / ONNX_FOR_TRT)
