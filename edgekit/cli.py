@@ -39,12 +39,43 @@ TargetFiles = Annotated[
 ]
 
 
+#: The exit status rule of bench, run and report, also in README.md.
+EXIT_RULE = (
+    "Exit status: 0 when every asked target is ok; 1 when one failed or is unavailable "
+    "(edgekit run without --targets: only a failed one counts); 2 for bad input."
+)
+
+
+def _at_least(option: str, value, low) -> None:
+    """Refuse ``value`` below ``low`` with one error line, before any heavy work."""
+    if value is not None and value < low:
+        raise EdgekitError(f"{option} must be at least {low}, got {value}")
+
+
+def _exit_status(rows: list[dict], unavailable_counts: bool = True) -> int:
+    """0 when every row is ok; 1 when a row failed (or, if it counts, is unavailable)."""
+    bad = {"failed", "unavailable"} if unavailable_counts else {"failed"}
+    names = [r.get("target", "?") for r in rows if r.get("status") in bad]
+    if names:
+        what = "failed or unavailable" if unavailable_counts else "failed"
+        print(f"error: {len(names)} target(s) {what}: {', '.join(names)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _log(msg: str) -> None:
     from rich.markup import escape
 
     from edgekit.report import make_console
 
     make_console(stderr=True).print(f"[dim]{escape(msg)}[/dim]")
+
+
+def _check_spec_numbers(epochs, seed, num_classes, opset) -> None:
+    _at_least("--epochs", epochs, 0)
+    _at_least("--seed", seed, 0)
+    _at_least("--num-classes", num_classes, 1)
+    _at_least("--opset", opset, 1)
 
 
 def _spec(
@@ -72,6 +103,8 @@ def _bench_config(
 ):
     from edgekit.harness import BenchConfig
 
+    _at_least("--min-queries", min_queries, 1)
+    _at_least("--min-duration", min_duration, 0)
     cfg = BenchConfig.quick() if quick else BenchConfig()
     if min_queries is not None:
         cfg.min_queries = min_queries
@@ -142,6 +175,8 @@ def export(
 ):
     """Export a model to ONNX (WORK/model.onnx), checked against PyTorch on real images."""
     from edgekit.pipeline import prepare
+
+    _check_spec_numbers(epochs, seed, num_classes, opset)
 
     ws = prepare(
         _spec(
@@ -226,7 +261,13 @@ def bench(
             "--baseline/--no-baseline", help="Add the pytorch-fp32 row (work directory only)."
         ),
     ] = True,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON report path.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="JSON report path (an existing file needs --force)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing --output file.")
+    ] = False,
     isolate: Annotated[
         bool,
         typer.Option(
@@ -238,9 +279,11 @@ def bench(
     """Benchmark artifacts: latency percentiles, throughput, size and top-1/top-5.
 
     Each artifact is measured in a fresh process; one that fails is a row with the
-    reason, and the exit status is then 1."""
+    reason. Exit status: 0 when every row is ok; 1 when one failed or is
+    unavailable; 2 for bad input."""
     from edgekit.backends import get_backend
     from edgekit.errors import UnavailableError
+    from edgekit.fileio import check_writable
     from edgekit.harness import (
         add_ratios,
         bench_many,
@@ -256,6 +299,10 @@ def bench(
 
     for w in check_threads(threads):
         _log(f"warning: {w}")
+    if output is not None:  # before minutes of measuring, not after
+        check_writable(output, force)
+        if output.is_dir():
+            raise EdgekitError(f"--output {output} is a directory", "give a file name")
     cfg = _bench_config(quick, min_queries, min_duration, batch_sizes)
     cfg.accuracy = not no_accuracy
     cfg.strict_batch = bool(batch_sizes)
@@ -277,8 +324,10 @@ def bench(
         raise EdgekitError("nothing to benchmark", "pass --target NAME or --artifact DIR")
     classes = None
     unavailable = {}
+    manifests = []
     for d in dirs:  # user mistakes first, before minutes of measuring
         m = read_manifest(d, verify=True)  # a tampered artifact is refused up front
+        manifests.append(m)
         classes = classes or m.get("classes")
         if cfg.strict_batch:
             check_batch_sizes(m["target"], manifest_batch_range(m), cfg.batch_sizes)
@@ -297,6 +346,11 @@ def bench(
         test = None
         if cfg.accuracy:
             _log("no --dataset given: accuracy is skipped, latency uses random images")
+    if test is not None:
+        from edgekit.harness import check_test_split
+
+        for m in manifests:
+            check_test_split(m, test, dataset or str(work_dir))
     measured = iter(
         bench_many([d for d in dirs if d not in unavailable], test, cfg, threads, isolate, _log)
     )
@@ -304,13 +358,13 @@ def bench(
     add_ratios(rows)
     print_table(rows)
     out = output or (ws.root / "bench.json" if target else None)
-    if out:
+    if out:  # the table is printed already: a write that fails loses no measurement
         meta = {"labels": test.y.tolist(), "classes": classes} if test is not None else {}
-        write_report(out, rows, environment(threads), cfg.to_dict(), meta=meta)
+        write_report(
+            out, rows, environment(threads), cfg.to_dict(), meta=meta, force=force or not output
+        )
         _log(f"wrote {out}")
-    failed = [r["target"] for r in rows if r["status"] == "failed"]
-    if failed:
-        print(f"error: {len(failed)} target(s) failed: {', '.join(failed)}", file=sys.stderr)
+    if _exit_status(rows):
         raise typer.Exit(1)
 
 
@@ -341,13 +395,18 @@ def run(
     ] = None,
 ):
     """The whole pipeline: data, model (trained briefly without --weights), ONNX, every
-    target available here, and the benchmark. With no arguments: digits + ResNet-8."""
+    target available here, and the benchmark. With no arguments: digits + ResNet-8.
+
+    Exit status: 0 when every asked target is ok; 1 when one failed or (with
+    --targets) is unavailable here; 2 for bad input. Without --targets, targets
+    unavailable on this machine (e.g. TensorRT) are rows, not failures."""
     from edgekit.harness import BenchConfig, check_threads
     from edgekit.pipeline import run as do_run
     from edgekit.report import print_table
 
     for w in check_threads(threads):
         _log(f"warning: {w}")
+    _check_spec_numbers(epochs, seed, num_classes, opset)
     spec = _spec(
         dataset,
         data_dir,
@@ -379,6 +438,8 @@ def run(
     )
     print_table(rows, title=f"edgekit run: {spec.model or 'default model'} on {dataset}")
     _log(f"wrote {Path(work_dir) / 'report'}.json/.csv/.md and the PNG plots in {work_dir}")
+    if _exit_status(rows, unavailable_counts=bool(names)):
+        raise typer.Exit(1)
 
 
 @app.command("targets")
@@ -440,6 +501,7 @@ def infer(
 
     for w in check_threads(threads):
         _log(f"warning: {w}")
+    _at_least("--top-k", top_k, 1)
     res = do_infer(artifact, input, top_k=top_k, threads=threads, resize=resize)
     for note in res["notes"]:
         _log(f"note: {note}")
@@ -506,6 +568,9 @@ def train_cmd(
     and OUT/curves.png. Multi-GPU: torchrun --nproc_per_node=N -m edgekit train ..."""
     from edgekit.train import TrainConfig, train
 
+    _at_least("--epochs", epochs, 0)
+    _at_least("--batch-size", batch_size, 1)
+    _at_least("--seed", seed, 0)
     cfg = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -676,6 +741,7 @@ def compare(
     difference|, cosine similarity (after Polygraphy's comparator)."""
     from edgekit.compare import compare_artifacts, format_comparison
 
+    _at_least("--images", images, 1)
     res = compare_artifacts(a, b, dataset, data_dir, work_dir, images=images, threads=threads)
     typer.echo(format_comparison(res))
 
@@ -694,13 +760,18 @@ def report(
     force: Force = False,
 ):
     """Table, JSON, CSV, Markdown and PNG plots from one or more result files
-    (several runs or devices are merged, each row labelled with its run)."""
+    (several runs or devices are merged, each row labelled with its run).
+
+    Exit status: 0 when every row is ok; 1 when one failed or is unavailable;
+    2 for bad input (existing files need --force)."""
     from edgekit.report import make_report, print_table
 
     merged, written = make_report(results, output_dir, confusion=confusion, force=force)
     print_table(merged["rows"], title="edgekit report")
     for p in written:
         _log(f"wrote {p}")
+    if _exit_status(merged["rows"]):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -750,6 +821,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # a disk fault that no write helper caught: still one line
+        from edgekit.fileio import FS_FAULTS, fs_error
+
+        if e.errno not in FS_FAULTS:
+            raise
+        print(f"error: {fs_error(e, e.filename or 'a file')}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,25 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "npz:PATH", "imagefolder:PATH")
+#: Largest image decoded from a file: each side at most MAX_IMAGE_SIDE pixels and at most
+#: MAX_IMAGE_PIXELS in all (below Pillow's own 89 MP "decompression bomb" warning). Checked
+#: from the header, before the pixels are decoded, so a bomb never allocates its buffer.
+MAX_IMAGE_SIDE = 10_000
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def check_image_size(width: int, height: int, where: str) -> None:
+    """Refuse an image above :data:`MAX_IMAGE_SIDE` / :data:`MAX_IMAGE_PIXELS` (from its header).
+
+    Raises:
+        EdgekitError: naming ``where`` and the size.
+    """
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise EdgekitError(
+            f"{where} is {width}x{height} pixels, above the limit of {MAX_IMAGE_SIDE} per side "
+            f"and {MAX_IMAGE_PIXELS // 1_000_000} megapixels",
+            "downscale it first",
+        )
 
 
 @dataclass
@@ -168,7 +187,8 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarra
     """Check and normalise image/label arrays to uint8 [N,H,W,3] and int64 [N].
 
     Raises:
-        EdgekitError: naming ``where`` and the offending shape or dtype.
+        EdgekitError: naming ``where`` and the offending shape or dtype, or no
+            images at all (N = 0, or an empty height or width).
     """
     x = np.asarray(x)
     y = np.asarray(y)
@@ -181,6 +201,11 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarra
         )
     if x.dtype != np.uint8:
         raise EdgekitError(f"{where}: 'x' has dtype {x.dtype}, expected uint8 pixel values 0..255")
+    if len(x) == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+        raise EdgekitError(
+            f"{where}: 'x' holds no images (shape {list(x.shape)})",
+            "give at least one image of at least 1x1 pixels",
+        )
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     if y.ndim != 1 or len(y) != len(x):
@@ -351,13 +376,32 @@ def _imagefolder(arg: str, image_size: int) -> Dataset:
     def load(d: Path) -> tuple[Split, list[str]]:
         from PIL import Image
 
-        ds = ImageFolder(str(d))
+        try:
+            ds = ImageFolder(str(d))
+        except (FileNotFoundError, OSError) as e:  # no class folder / no image in one
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise EdgekitError(
+                f"{d} is not a folder of class folders of images: {first}"[:300],
+                "lay it out as DIR/train/CLASS/*.png and DIR/test/CLASS/*.png",
+            ) from None
         xs = []
         for path, _ in ds.samples:
-            with Image.open(path) as im:
-                xs.append(
-                    np.asarray(im.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
-                )
+            try:
+                with Image.open(path) as im:
+                    check_image_size(im.width, im.height, str(path))
+                    xs.append(
+                        np.asarray(
+                            im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                        )
+                    )
+            except EdgekitError:
+                raise
+            except Exception as e:  # UnidentifiedImageError, truncated file, decompression bomb
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise EdgekitError(
+                    f"cannot read {path} as an image: {first}"[:400],
+                    "remove or replace that file (only images belong in the class folders)",
+                ) from None
         if not xs:
             raise EdgekitError(f"{d} holds no images")
         return Split(np.stack(xs), np.asarray(ds.targets, np.int64)), ds.classes

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.fileio import atomic_path
+from edgekit.fileio import atomic_path, fs_error, fs_fault
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -93,6 +93,52 @@ def _export(model, sample, path: Path, opset: int, exporter: str) -> None:
         raise EdgekitError(f"unknown exporter {exporter!r}", "use dynamo or torchscript")
 
 
+def nonfinite_parameters(model) -> dict[str, int]:
+    """Name -> count of NaN/Inf values, for every floating parameter and buffer of ``model``."""
+    import torch
+
+    bad = {}
+    with torch.no_grad():
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if t.is_floating_point():
+                n = int((~torch.isfinite(t)).sum())
+                if n:
+                    bad[name] = n
+    return bad
+
+
+def check_finite_model(model, where: str = "the model", outputs: np.ndarray | None = None) -> None:
+    """Refuse a model with NaN/Inf weights (or NaN/Inf ``outputs`` on real images).
+
+    Checked before an export or a build from a checkpoint, so such a model is named
+    for what it is, not as an exporter mismatch ("max |diff| nan > tolerance nan").
+
+    Args:
+        model: an ``nn.Module``; its floating parameters and buffers are checked.
+        where: what the model is (a checkpoint path), for the message.
+        outputs: optional float logits [N, classes] of the model on real images.
+
+    Raises:
+        EdgekitError: ``the model produces NaN/Inf outputs (N non-finite parameter
+            values in LAYER, ...) -- check the checkpoint``.
+    """
+    bad = nonfinite_parameters(model)
+    if bad:
+        layers = ", ".join(list(bad)[:3]) + (", ..." if len(bad) > 3 else "")
+        raise EdgekitError(
+            f"{where} produces NaN/Inf outputs ({sum(bad.values())} non-finite parameter "
+            f"values in {layers})",
+            "check the checkpoint",
+        )
+    if outputs is not None and not np.isfinite(outputs).all():
+        n = int((~np.isfinite(outputs)).sum())
+        raise EdgekitError(
+            f"{where} produces NaN/Inf outputs ({n} non-finite logits on real images, "
+            "although every parameter is finite)",
+            "check the checkpoint and the preprocessing",
+        )
+
+
 def check_onnx_against_torch(
     model, onnx_path: Path, x: np.ndarray, atol: float = 1e-3, rtol: float = 1e-3
 ) -> ExportCheck:
@@ -102,6 +148,7 @@ def check_onnx_against_torch(
 
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
+    check_finite_model(model, outputs=ref)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     diff = np.abs(out - ref)
@@ -146,44 +193,26 @@ def export_onnx(
         The :class:`ExportCheck`.
 
     Raises:
-        EdgekitError: opset too old, the exporter fails (the message names the
-            failing operator or module), the checker fails, or the outputs differ
-            beyond tolerance. No file is left behind then.
+        EdgekitError: opset too old, NaN/Inf weights or outputs
+            (:func:`check_finite_model`), the exporter fails (the message names the
+            failing operator or module), the checker fails, the outputs differ
+            beyond tolerance, or a file-system fault (read-only, no space) naming
+            ``path``. No file is left behind then, not even a hidden temporary one.
     """
-    import onnx
     import torch
 
     if opset < MIN_OPSET:
         raise EdgekitError(f"opset {opset} is too old", f"use {MIN_OPSET} or later")
     model = model.eval()
+    check_finite_model(model)
     sample = torch.from_numpy(np.ascontiguousarray(x[:2] if len(x) > 1 else x))
     with atomic_path(path, force=force) as tmp:
         tmp_onnx = tmp.with_suffix(".onnx")
         try:
-            with _quiet():
-                _export(model, sample, tmp_onnx, opset, exporter)
-        except EdgekitError:
-            raise
-        except Exception as e:
-            msg = str(e).strip().splitlines()
-            raise EdgekitError(
-                f"ONNX export ({exporter}) failed: {msg[0] if msg else type(e).__name__}",
-                "try --exporter torchscript, or check that the model is traceable",
-            ) from None
-        try:
-            proto = onnx.load(str(tmp_onnx))
-            onnx.checker.check_model(proto, full_check=True)
-            if simplify:
-                import onnxslim
-
-                with _quiet():
-                    proto = onnxslim.slim(proto)
-                onnx.checker.check_model(proto, full_check=True)
-            onnx.save(proto, str(tmp))
-        except onnx.checker.ValidationError as e:
-            raise EdgekitError(f"the exported ONNX fails onnx.checker: {e}") from None
+            _export_checked(model, sample, tmp, tmp_onnx, path, opset, exporter, simplify)
         finally:
-            tmp_onnx.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp_onnx.unlink(missing_ok=True)
         check = check_onnx_against_torch(model, tmp, x, atol, rtol)
         if not check.passed:
             raise EdgekitError(
@@ -192,3 +221,35 @@ def export_onnx(
                 "try the other exporter with --exporter, or a newer opset",
             )
     return check
+
+
+def _export_checked(model, sample, tmp: Path, tmp_onnx: Path, path, opset, exporter, simplify):
+    """Export into ``tmp_onnx``, check (and simplify) it, save it as ``tmp``."""
+    import onnx
+
+    try:
+        with _quiet():
+            _export(model, sample, tmp_onnx, opset, exporter)
+    except EdgekitError:
+        raise
+    except Exception as e:
+        fault = fs_fault(e)  # a full disk is not an exporter problem
+        if fault is not None:
+            raise fs_error(fault, path) from None
+        msg = str(e).strip().splitlines()
+        raise EdgekitError(
+            f"ONNX export ({exporter}) failed: {msg[0] if msg else type(e).__name__}",
+            "try --exporter torchscript, or check that the model is traceable",
+        ) from None
+    try:
+        proto = onnx.load(str(tmp_onnx))
+        onnx.checker.check_model(proto, full_check=True)
+        if simplify:
+            import onnxslim
+
+            with _quiet():
+                proto = onnxslim.slim(proto)
+            onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+    except onnx.checker.ValidationError as e:
+        raise EdgekitError(f"the exported ONNX fails onnx.checker: {e}") from None

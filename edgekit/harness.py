@@ -255,23 +255,74 @@ def check_batch_sizes(target: str, batch_range: tuple[int, int | None], batch_si
         )
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on: ``os.sched_getaffinity(0)`` where available
+    (it honours taskset and container CPU sets), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def check_threads(threads: int | None) -> list[str]:
-    """Validate ``--threads``; returns warnings.
+    """Validate ``--threads``: between 1 and the cores here (:func:`available_cores`).
+
+    More threads than cores only oversubscribes the CPU (thousands of threads
+    brought a machine to a load average above 1,000), so it is refused.
+
+    Returns:
+        Warnings (none at present; kept for the callers' loop).
 
     Raises:
-        EdgekitError: threads < 1.
+        EdgekitError: ``threads`` < 1, or more than the cores here (the cap is named).
     """
     if threads is None:
         return []
     if threads < 1:
         raise EdgekitError(f"--threads must be at least 1, got {threads}")
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     if threads > cores:
-        return [
-            f"--threads {threads} is more than the {cores} cores here; "
-            "latency will suffer from oversubscription"
-        ]
+        raise EdgekitError(
+            f"--threads {threads} is more than the {cores} CPU cores available here",
+            f"use --threads {cores} or fewer",
+        )
     return []
+
+
+def check_test_split(manifest: dict, test, where: str) -> None:
+    """Refuse a test split the artifact cannot score, before any measuring.
+
+    Compares the images' size (H, W) with the manifest's ``preprocess`` height and
+    width, and the largest label with the artifact's class count (``classes``, else
+    the last dimension of ``io.output_shape``). Fields that are missing or malformed
+    are skipped here (the manifest schema checks their types).
+
+    Raises:
+        EdgekitError: the images have another size, or a label is beyond the classes.
+    """
+    name = manifest.get("target", "the artifact")
+    try:
+        size = (int(manifest["preprocess"]["height"]), int(manifest["preprocess"]["width"]))
+    except (KeyError, TypeError, ValueError):
+        size = None
+    hw = tuple(int(v) for v in test.x.shape[1:3])
+    if size is not None and hw != size:
+        raise EdgekitError(
+            f"the test images of {where} are {hw[0]}x{hw[1]} but {name} takes {size[0]}x{size[1]}",
+            "give a test set of the artifact's input size (images are not resized here)",
+        )
+    classes = manifest.get("classes")
+    n = len(classes) if isinstance(classes, list) and classes else None
+    if n is None:
+        try:
+            n = int((manifest.get("io") or {})["output_shape"][-1])
+        except (KeyError, TypeError, ValueError, IndexError):
+            n = None
+    if n is not None and len(test.y) and int(test.y.max()) >= n:
+        raise EdgekitError(
+            f"the test labels of {where} go up to {int(test.y.max())} but {name} has {n} classes",
+            "give the test set the artifact was built for",
+        )
 
 
 def cpu_flags() -> dict:

@@ -24,6 +24,7 @@ Probabilities are the softmax of the runner's logits.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,11 @@ def load_image(path: str | Path, height: int, width: int, resize: bool = True):
 
     Raises:
         EdgekitError: Pillow is missing, the file is not a readable image, it has
-            16-bit/float pixels, or it has the wrong size and ``resize`` is False.
+            16-bit/float pixels, it is larger than
+            :data:`edgekit.data.MAX_IMAGE_SIDE`/:data:`~edgekit.data.MAX_IMAGE_PIXELS`
+            (checked from the header, before decoding; Pillow's
+            ``DecompressionBombError`` is one error line too), or it has the wrong
+            size and ``resize`` is False.
     """
     try:
         from PIL import Image, ImageOps
@@ -71,10 +76,16 @@ def load_image(path: str | Path, height: int, width: int, resize: bool = True):
         raise EdgekitError(
             "reading images needs Pillow", "pip install 'edgekit[runtime]' (or pillow)"
         ) from None
+    from edgekit.data import check_image_size
+
     p = Path(path)
     notes: list[str] = []
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
+            check_image_size(im.width, im.height, p.name)  # from the header, before decoding
             if getattr(im, "n_frames", 1) > 1:
                 notes.append(f"{p.name}: has {im.n_frames} frames; the first is used")
             im.load()

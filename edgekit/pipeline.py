@@ -194,6 +194,10 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
     from edgekit.data import load_dataset
     from edgekit.models import load_model
 
+    if spec.epochs is not None and spec.epochs < 0:  # -1 would export an untrained model
+        raise EdgekitError(f"--epochs must be at least 0, got {spec.epochs}")
+    if spec.seed < 0:
+        raise EdgekitError(f"--seed must be at least 0, got {spec.seed}")
     if ws.has_artifacts() and not force:
         raise EdgekitError(
             f"{ws.root} already holds artifacts",

@@ -86,9 +86,18 @@ def make_console(stderr: bool = False):
 
 
 def write_report(
-    path: str | Path, rows: list[dict], environment: dict, config: dict, meta: dict | None = None
+    path: str | Path,
+    rows: list[dict],
+    environment: dict,
+    config: dict,
+    meta: dict | None = None,
+    force: bool = True,
 ) -> Path:
-    """Write the JSON report (atomically)."""
+    """Write the JSON report (atomically).
+
+    Raises:
+        EdgekitError: ``path`` exists and ``force`` is False, or a file-system fault.
+    """
     return write_json(
         path,
         {
@@ -98,6 +107,7 @@ def write_report(
             "meta": meta or {},
             "rows": rows,
         },
+        force=force,
     )
 
 
@@ -524,19 +534,24 @@ def write_all(
         force: replace existing files of the same names.
 
     Raises:
-        EdgekitError: a file exists and ``force`` is False; ``confusion`` without
-            test labels in the results.
+        EdgekitError: a file exists and ``force`` is False; ``out_dir`` is a file;
+            ``confusion`` without test labels in the results; a file-system fault.
     """
     from edgekit.errors import EdgekitError
-    from edgekit.fileio import check_writable
+    from edgekit.fileio import check_writable, fs_errors
 
     out = Path(out_dir)
     rows = report["rows"]
+    if out.exists() and not out.is_dir():
+        raise EdgekitError(
+            f"{out} is a file, not a directory", "give --output-dir a directory to write into"
+        )
     names = [f"{stem}.json", f"{stem}.csv", f"{stem}.md", *PLOTS]
     if not force:
         for n in names:
             check_writable(out / n, force=False)
-    out.mkdir(parents=True, exist_ok=True)
+    with fs_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     written = [write_json(out / f"{stem}.json", report, force=force)]
     written.append(write_csv(out / f"{stem}.csv", rows, force=force))
     md = markdown_table(rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 from edgekit.errors import EdgekitError
 from edgekit.harness import (
     BenchConfig,
+    available_cores,
     bench_many,
     check_batch_sizes,
     check_threads,
@@ -100,8 +100,12 @@ def test_threads_validation():
     with pytest.raises(EdgekitError):
         check_threads(-2)
     assert check_threads(1) == []
-    warn = check_threads((os.cpu_count() or 1) + 1)
-    assert len(warn) == 1 and "cores" in warn[0]
+    cores = available_cores()
+    assert check_threads(cores) == []
+    with pytest.raises(EdgekitError, match=f"more than the {cores} CPU cores.*--threads {cores}"):
+        check_threads(cores + 1)
+    with pytest.raises(EdgekitError, match="more than"):
+        check_threads(10_000)
 
 
 def test_static_batch_error_names_the_artifact_kind():
