@@ -699,9 +699,12 @@ def sweep_cmd(
     force: Force = False,
 ):
     """Prune at several ratios, fine-tune, lower to targets: WORK/sweep.{json,md,png}."""
-    from edgekit.harness import BenchConfig
+    from edgekit.harness import BenchConfig, check_threads
     from edgekit.sweep import sweep
 
+    check_threads(threads)
+    _at_least("--seed", seed, 0)
+    _at_least("--epochs", epochs, 0)
     try:
         rs = [float(r) for r in ratios.split(",") if r.strip()]
     except ValueError:
@@ -740,7 +743,9 @@ def compare(
     """Run two artifacts on the same real test images: top-1 agreement, max/mean |logit
     difference|, cosine similarity (after Polygraphy's comparator)."""
     from edgekit.compare import compare_artifacts, format_comparison
+    from edgekit.harness import check_threads
 
+    check_threads(threads)
     _at_least("--images", images, 1)
     res = compare_artifacts(a, b, dataset, data_dir, work_dir, images=images, threads=threads)
     typer.echo(format_comparison(res))

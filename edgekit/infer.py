@@ -24,7 +24,6 @@ Probabilities are the softmax of the runner's logits.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,9 +80,13 @@ def load_image(path: str | Path, height: int, width: int, resize: bool = True):
     p = Path(path)
     notes: list[str] = []
     try:
-        with warnings.catch_warnings():  # Pillow's DecompressionBombWarning: refused below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow's own "decompression bomb" check would refuse a huge header with its own
+        # message (or only warn); edgekit's stricter bound is checked from the header below.
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
             im = Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
         with im:
             check_image_size(im.width, im.height, p.name)  # from the header, before decoding
             if getattr(im, "n_frames", 1) > 1:
