@@ -27,6 +27,7 @@ import numpy as np
 
 from edgekit.backends.base import Backend, BuildContext, BuildResult
 from edgekit.errors import EdgekitError
+from edgekit.schema import Choice, Int
 
 ARTIFACT = "model.ts.pt"
 
@@ -149,21 +150,11 @@ class TorchScriptBackend(Backend):
         "fp32": {},
         "int8": {"engine": "auto", "calib_per_class": 32, "calib_batch": 32},
     }
-
-    def resolve_options(self, precision: str, options: dict, where: str = "") -> dict:
-        """As :meth:`Backend.resolve_options`, and check ``engine``'s value.
-
-        Raises:
-            EdgekitError: unknown option, or an engine other than auto/x86/fbgemm/onednn/qnnpack.
-        """
-        opts = super().resolve_options(precision, options, where)
-        engine = opts.get("engine", "auto")
-        if engine != "auto" and engine not in ENGINE_ARCHS:
-            raise EdgekitError(
-                f"{where}: unknown engine {engine!r}",
-                f"use auto or one of {', '.join(ENGINE_ARCHS)}",
-            )
-        return opts
+    option_specs = {
+        "engine": Choice("auto", *ENGINE_ARCHS),
+        "calib_per_class": Int(min=1, max=100_000),
+        "calib_batch": Int(min=1, max=65_536),
+    }
 
     def unavailable_reason(self, target) -> str | None:
         reason = super().unavailable_reason(target)
