@@ -123,7 +123,8 @@ def load_report(path: str | Path) -> dict:
     """Read one JSON report written by :func:`write_report`.
 
     Raises:
-        EdgekitError: missing file, invalid JSON, or not an edgekit report.
+        EdgekitError: missing file, invalid JSON, not an edgekit report, or a
+            field of the wrong type (:func:`report_schema`), naming the file and field.
     """
     import json
 
@@ -141,7 +142,70 @@ def load_report(path: str | Path) -> dict:
             f"{p} is not an edgekit report (schema {REPORT_SCHEMA})",
             "give the JSON written by edgekit bench or edgekit run",
         )
+    from edgekit.schema import validate
+
+    validate(d, report_schema(), str(p), hint="give the JSON written by edgekit bench or run")
     return d
+
+
+def report_schema():
+    """The :mod:`edgekit.schema` spec of a report file (``edgekit-report/1``).
+
+    Rows are tables with a string ``target`` and ``status`` and, where present,
+    typed figures (numbers or null; latencies in ms, sizes in MB, top-1 in
+    percent); other keys in a row are kept as they are.
+    """
+    from edgekit.schema import Choice, Dict, Int, ListOf, MapOf, Num, Str
+
+    num = Num(nullable=True)
+    pct = Num(min=0, max=100, nullable=True)
+    text = Str(nullable=True)
+    row = Dict(
+        {
+            "target": Str(r"[^\x00]{1,256}", required=True),
+            "status": Str(r"[a-z][a-z_-]{0,31}", required=True),
+            "reason": text,
+            "backend": text,
+            "precision": text,
+            "device": text,
+            "run": text,
+            "threads": Int(min=0, nullable=True),
+            "size_mb": Num(min=0, nullable=True),
+            "size_ratio": num,
+            "speedup": num,
+            "top1": pct,
+            "top5": pct,
+            "top1_drop": num,
+            "latency_ms": MapOf(num, nullable=True),
+            "latency_samples_ms": ListOf(Num(), nullable=True),
+            "throughput_ips": MapOf(num, keys=Str(r"[0-9]{1,7}"), nullable=True),
+            "predictions": ListOf(Int(min=0), nullable=True),
+            "peak_rss_mb": num,
+            "gpu_mem_mb": num,
+            "gpu": Dict({}, extra=True, nullable=True),
+        },
+        extra=True,
+    )
+    table = Dict({}, extra=True, nullable=True)
+    return Dict(
+        {
+            "schema": Choice(REPORT_SCHEMA, required=True),
+            "rows": ListOf(row, required=True),
+            "environment": table,
+            "config": table,
+            "meta": Dict(
+                {
+                    "labels": ListOf(Int(min=0), nullable=True),
+                    "classes": ListOf(Str(), nullable=True),
+                    "run": text,
+                },
+                extra=True,
+                nullable=True,
+            ),
+            "runs": MapOf(Dict({}, extra=True), nullable=True),
+        },
+        extra=True,
+    )
 
 
 def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:

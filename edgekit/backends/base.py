@@ -212,6 +212,15 @@ class Backend:
     def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:
         raise NotImplementedError
 
+    def verify_artifact(self, artifact_dir: Path, manifest: dict) -> None:
+        """Check backend-specific manifest fields against the (already hashed) files.
+
+        Called by :func:`edgekit.manifest.read_manifest` after the sha256 check.
+
+        Raises:
+            EdgekitError: a field that the hashed files contradict.
+        """
+
     def runtime_unavailable_reason(self, manifest: dict) -> str | None:
         """Why an artifact of this backend cannot be loaded here; None if it can."""
         missing = self.missing_packages()

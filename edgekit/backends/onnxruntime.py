@@ -23,6 +23,7 @@ import numpy as np
 
 from edgekit.backends.base import Backend, BuildContext, BuildResult, onnx_io
 from edgekit.errors import EdgekitError
+from edgekit.manifest import artifact_path
 from edgekit.schema import Bool, Choice, Int, ListOf, Num, Str
 
 ARTIFACT = "model.onnx"
@@ -149,8 +150,8 @@ class OnnxRuntimeBackend(Backend):
         if manifest.get("options", {}).get("execution_provider") == "CUDAExecutionProvider":
             from edgekit.backends.gpu import ort_cuda_runner  # CuPy buffers, IOBinding
 
-            return ort_cuda_runner(artifact_dir / manifest["artifact"], manifest, threads)
-        return OrtRunner(artifact_dir / manifest["artifact"], manifest, threads)
+            return ort_cuda_runner(artifact_path(artifact_dir, manifest), manifest, threads)
+        return OrtRunner(artifact_path(artifact_dir, manifest), manifest, threads)
 
 
 def _choice(opts: dict, key: str, allowed: dict, where: str):

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgekit.backends.base import Backend, BuildContext, BuildResult
 from edgekit.errors import EdgekitError
+from edgekit.manifest import artifact_path
 
 ARTIFACT = "model.pt"
 
@@ -64,7 +65,7 @@ class PyTorchBackend(Backend):
         return BuildResult(artifact=ARTIFACT, io=io)
 
     def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> TorchRunner:
-        return TorchRunner(artifact_dir / manifest["artifact"], threads)
+        return TorchRunner(artifact_path(artifact_dir, manifest), threads)
 
 
 BACKEND = PyTorchBackend()

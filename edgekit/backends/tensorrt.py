@@ -35,6 +35,7 @@ import numpy as np
 
 from edgekit.backends.base import Backend, BuildContext, BuildResult, onnx_io
 from edgekit.errors import EdgekitError, UnavailableError
+from edgekit.manifest import artifact_path
 from edgekit.schema import Bool, Choice, Int, Num
 
 ENGINE = "model.engine"
@@ -463,7 +464,7 @@ class TensorRTBackend(Backend):
                 "TensorRT engines are not portable",
                 f"rebuild it here: edgekit build --target {manifest['target']} --force",
             )
-        return TrtRunner(artifact_dir / manifest["artifact"], manifest, trt)
+        return TrtRunner(artifact_path(artifact_dir, manifest), manifest, trt)
 
 
 class TrtRunner:
