@@ -342,13 +342,8 @@ def load_model(
                 f"{weights} is a checkpoint of {obj['model']!r}, not {spec!r}",
                 "drop --model, or pass the matching one",
             )
-        if spec is None and obj["model"] not in MODELS and obj["model"] not in trusted_models():
-            raise EdgekitError(
-                f"checkpoint {weights} names the model factory {obj['model']!r}; edgekit never "
-                "imports code named by a file",
-                f"pass --model {obj['model']} yourself if you trust it (for bench, infer and "
-                f"build: set {TRUST_ENV}={obj['model']})",
-            )
+        if spec is None:
+            check_model_trusted(obj["model"], str(weights))
         spec = obj["model"]
         if num_classes is not None and num_classes != obj["num_classes"]:
             raise EdgekitError(f"{weights} has {obj['num_classes']} classes, not {num_classes}")
@@ -371,14 +366,14 @@ def load_model(
 #: The largest class count a checkpoint may record.
 MAX_CLASSES = 100_000
 #: Environment variable listing ``package.module:factory`` specs the user trusts
-#: (``os.pathsep``-separated). :func:`trust_model` adds an explicit ``--model`` to it,
+#: (comma-separated). :func:`trust_model` adds an explicit ``--model`` to it,
 #: so the benchmark's child processes accept checkpoints of that model too.
 TRUST_ENV = "EDGEKIT_TRUSTED_MODELS"
 
 
 def trusted_models() -> set[str]:
     """The user model factories the user named explicitly (``--model`` or ``EDGEKIT_TRUSTED_MODELS``)."""
-    return {s for s in os.environ.get(TRUST_ENV, "").split(os.pathsep) if s}
+    return {s.strip() for s in os.environ.get(TRUST_ENV, "").split(",") if s.strip()}
 
 
 def trust_model(spec: str) -> None:
@@ -390,7 +385,24 @@ def trust_model(spec: str) -> None:
     """
     if spec in MODELS or spec in trusted_models():
         return
-    os.environ[TRUST_ENV] = os.pathsep.join(sorted(trusted_models() | {spec}))
+    os.environ[TRUST_ENV] = ",".join(sorted(trusted_models() | {spec}))
+
+
+def check_model_trusted(name: str, where: str) -> None:
+    """Refuse a checkpoint's model name unless it is a zoo model or the user named it.
+
+    Raises:
+        EdgekitError: ``name`` is a ``package.module:factory`` the user did not pass
+            (``--model``, or ``EDGEKIT_TRUSTED_MODELS`` for bench/infer/build).
+    """
+    if name in MODELS or name in trusted_models():
+        return
+    raise EdgekitError(
+        f"checkpoint {where} names the model factory {name!r}; edgekit never imports code "
+        "named by a file",
+        f"pass --model {name} yourself if you trust it (bench, infer, build: set "
+        f"{TRUST_ENV}={name})",
+    )
 
 
 def check_checkpoint_meta(obj: dict, where: str) -> None:

@@ -185,10 +185,14 @@ def describe(f: Field) -> str:
 
 
 def _plural(text: str) -> str:
+    """``an integer >= 1`` -> ``integers >= 1``; ``an import name such as x`` -> ``import names ...``."""
     for art in ("an ", "a "):
         if text.startswith(art):
-            word, _, rest = text[len(art) :].partition(" ")
-            return f"{word}s {rest}".strip()
+            words = text[len(art) :].split(" ")
+            stop = {"such", "matching", ">=", ">", "<=", "(true/false)", "or", "and"}
+            noun = next((i - 1 for i, w in enumerate(words) if w in stop), len(words) - 1)
+            words[noun] += "s"
+            return " ".join(words)
     return text
 
 

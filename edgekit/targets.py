@@ -39,7 +39,12 @@ NAME = Str(NAME_PATTERN, forbidden=(".", ".."))
 REQUIRES = Dict(
     {
         "device": Choice("cpu", "cuda"),
-        "packages": ListOf(Str(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")),
+        "packages": ListOf(
+            Str(
+                r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*",
+                doc="an import name such as onnxruntime",
+            )
+        ),
     }
 )
 
