@@ -288,8 +288,10 @@ def read_manifest(artifact_dir: str | Path, verify: bool = True) -> dict:
         )
     try:
         m = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgekitError(f"{mpath} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise EdgekitError(f"{mpath} is not valid JSON: {type(e).__name__}: {e}") from None
+    except OSError as e:
+        raise EdgekitError(f"cannot read {mpath}: {e.strerror or e}") from None
     if not isinstance(m, dict):
         raise EdgekitError(f"{mpath} is not a manifest object")
     missing = [k for k in REQUIRED if k not in m]

@@ -343,13 +343,14 @@ def run(
     from edgekit.targets import get_target
 
     cfg = cfg or BenchConfig()
+    # target files are checked before minutes of training and export (user mistakes first)
+    chosen = (
+        [get_target(t, target_files) for t in targets] if targets else default_targets(target_files)
+    )
     ws = prepare(spec, work, force=force, log=log, show_progress=show_progress)
     rec = ws.record()
     ds = load_workspace_dataset(rec)
     ctx = build_context(ws, ds)
-    chosen = (
-        [get_target(t, target_files) for t in targets] if targets else default_targets(target_files)
-    )
     chosen.sort(key=lambda t: (t.name != "pytorch-fp32", t.name))
     rows = []
     # bars only on a terminal: piped into a log, rich would hold the log lines back

@@ -135,8 +135,10 @@ def load_report(path: str | Path) -> dict:
         raise EdgekitError(f"report not found: {p}")
     try:
         d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgekitError(f"{p} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise EdgekitError(f"{p} is not valid JSON: {type(e).__name__}: {e}") from None
+    except OSError as e:
+        raise EdgekitError(f"cannot read {p}: {e.strerror or e}") from None
     if not isinstance(d, dict) or d.get("schema") != REPORT_SCHEMA or "rows" not in d:
         raise EdgekitError(
             f"{p} is not an edgekit report (schema {REPORT_SCHEMA})",
@@ -144,8 +146,46 @@ def load_report(path: str | Path) -> dict:
         )
     from edgekit.schema import validate
 
-    validate(d, report_schema(), str(p), hint="give the JSON written by edgekit bench or run")
+    hint = "give the JSON written by edgekit bench or run"
+    validate(d, report_schema(), str(p), hint=hint)
+    check_predictions(d, str(p), hint)
     return d
+
+
+#: Largest class index a report without class names may hold (a confusion matrix is C x C).
+MAX_UNNAMED_CLASSES = 4096
+
+
+def check_predictions(d: dict, where: str, hint: str | None = None) -> None:
+    """Test labels and per-row predictions agree in length and index only known classes.
+
+    Indices must be below ``len(meta.classes)`` (or :data:`MAX_UNNAMED_CLASSES`
+    without class names), so a crafted report cannot ask for a huge confusion matrix.
+
+    Raises:
+        EdgekitError: naming the file and the row.
+    """
+    from edgekit.errors import EdgekitError
+
+    meta = d.get("meta") or {}
+    labels, classes = meta.get("labels"), meta.get("classes")
+    bound = len(classes) if classes else MAX_UNNAMED_CLASSES
+    for what, values in [("meta.labels", labels)] + [
+        (f"rows[{i}].predictions", r.get("predictions")) for i, r in enumerate(d["rows"])
+    ]:
+        if not values:
+            continue
+        if max(values) >= bound:
+            raise EdgekitError(
+                f"{where}: {what} holds class index {max(values)}, but there are only "
+                f"{bound} classes" + ("" if classes else " (no class names)"),
+                hint,
+            )
+        if labels and what != "meta.labels" and len(values) != len(labels):
+            raise EdgekitError(
+                f"{where}: {what} has {len(values)} entries but meta.labels has {len(labels)}",
+                hint,
+            )
 
 
 def report_schema():
@@ -176,7 +216,7 @@ def report_schema():
             "top1": pct,
             "top5": pct,
             "top1_drop": num,
-            "latency_ms": MapOf(num, nullable=True),
+            "latency_ms": Dict({"p50": Num(min=0, required=True)}, extra=True, nullable=True),
             "latency_samples_ms": ListOf(Num(), nullable=True),
             "throughput_ips": MapOf(num, keys=Str(r"[0-9]{1,7}"), nullable=True),
             "predictions": ListOf(Int(min=0), nullable=True),
@@ -187,11 +227,26 @@ def report_schema():
         extra=True,
     )
     table = Dict({}, extra=True, nullable=True)
+    environment = Dict(
+        {
+            "host": text,
+            "cpu": text,
+            "machine": text,
+            "system": text,
+            "time": text,
+            "gpus": ListOf(Str(), nullable=True),
+            "isa": Dict({}, extra=True, nullable=True),
+            "cores": Int(min=0, nullable=True),
+            "threads": Int(min=0, nullable=True),
+        },
+        extra=True,
+        nullable=True,
+    )
     return Dict(
         {
             "schema": Choice(REPORT_SCHEMA, required=True),
             "rows": ListOf(row, required=True),
-            "environment": table,
+            "environment": environment,
             "config": table,
             "meta": Dict(
                 {

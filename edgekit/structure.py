@@ -37,9 +37,11 @@ def check_structure(structure, where: str) -> None:
             channel count outside [1, :data:`MAX_CHANNELS`]; groups that do not
             divide the channels.
     """
-    validate(
-        structure, MapOf(Dict({"type": Choice(*ENTRY_SCHEMAS)}, extra=True)), where, "structure"
+    entries = MapOf(
+        Dict({"type": Choice(*ENTRY_SCHEMAS, required=True)}, extra=True),
+        keys=Str(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", doc="a module name such as layer1.0.conv1"),
     )
+    validate(structure, entries, where, "structure")
     for name, a in structure.items():
         path = f"structure.{name}"
         validate(a, ENTRY_SCHEMAS[a["type"]], where, path)

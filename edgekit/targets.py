@@ -116,8 +116,10 @@ def load_target_file(path: str | Path) -> Target:
         raise EdgekitError(f"target file not found: {p}")
     try:
         d = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise EdgekitError(f"{p} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise EdgekitError(f"cannot read target file {p}: {e.strerror or e}") from None
     validate(d, target_schema(), str(p), hint="fix the target file (see docs/targets.md)")
     backend = get_backend(d["backend"], where=str(p))
     options = backend.resolve_options(d["precision"], d.get("options", {}), where=str(p))
