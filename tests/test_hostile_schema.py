@@ -165,6 +165,18 @@ def test_target_name_must_be_an_identifier(name, sandbox, tiny_workspace):
     assert tree_hash(tmp) == before  # nothing created, changed or deleted, in or outside WORK
 
 
+def test_run_refuses_a_bad_target_file_before_any_work(sandbox, tiny_npz):
+    tmp, sentinel, work = sandbox
+    f = tmp / "evil.toml"
+    f.write_text(target_text(str(sentinel), "onnxruntime", "fp32"))
+    before = tree_hash(tmp)
+    res = edgekit(
+        "run", "--target-file", f, "-w", work, "-d", f"npz:{tiny_npz}", "--epochs", "1", "--force"
+    )
+    assert_refused(res, "evil.toml: name must be a string matching")
+    assert tree_hash(tmp) == before and not work.exists()
+
+
 def test_target_path_files_are_checked_too(sandbox):
     tmp, sentinel, _ = sandbox
     d = tmp / "targets"
@@ -293,6 +305,13 @@ def test_tampered_manifest_is_refused(case, built, sandbox, cli):
     res = cli("infer", "-a", art, "-i", built / "batch.npz")
     assert_refused(res, fragment)
     assert tree_hash(tmp) == before
+
+
+def test_deeply_nested_manifest_is_one_error_line(built, tmp_path, cli):
+    art = tmp_path / "art"
+    shutil.copytree(built / "ort-cpu", art)
+    (art / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert_refused(cli("infer", "-a", art, "-i", built / "batch.npz"), "is not valid JSON")
 
 
 def test_bench_refuses_a_tampered_manifest_up_front(built, tmp_path):
@@ -442,6 +461,10 @@ CHECKPOINT_CASES = {
         ),
         "so layer1.0.conv1.weight should be [65536, 65536, 3, 3]",
     ),
+    "structure-no-type": (
+        lambda o: o.update(structure={"conv1": {"in": 3}}),
+        "structure.conv1.type is required",
+    ),
     "structure-type": (
         lambda o: o.update(structure={"conv1": {"type": "Evil"}}),
         "structure.conv1.type must be one of",
@@ -494,6 +517,22 @@ GOOD_ROW = {"target": "ort-cpu", "status": "ok", "top1": 90.0, "latency_ms": {"p
         (
             {"schema": "edgekit-report/1", "rows": [GOOD_ROW], "meta": {"labels": "abc"}},
             "meta.labels must be a list",
+        ),
+        (
+            {"schema": "edgekit-report/1", "rows": [{**GOOD_ROW, "latency_ms": {}}]},
+            "rows[0].latency_ms.p50 is required",
+        ),
+        (
+            {
+                "schema": "edgekit-report/1",
+                "rows": [{**GOOD_ROW, "predictions": [0, 10**9]}],
+                "meta": {"labels": [0, 1], "classes": ["a", "b"]},
+            },
+            "rows[0].predictions holds class index 1000000000, but there are only 2 classes",
+        ),
+        (
+            {"schema": "edgekit-report/1", "rows": [], "environment": {"gpus": "H100"}},
+            "environment.gpus must be a list of strings",
         ),
     ],
 )
