@@ -320,9 +320,6 @@ def read_manifest(artifact_dir: str | Path, verify: bool = True) -> dict:
                     "the artifact was modified or is incomplete",
                     "rebuild it with edgekit build --force",
                 )
-        from edgekit.backends import get_backend
-
-        get_backend(m["backend"]).verify_artifact(d, m)
         extra = sorted(p.name for p in d.iterdir() if p.name not in m["files"] and p != mpath)
         if extra:
             raise EdgekitError(
@@ -330,4 +327,7 @@ def read_manifest(artifact_dir: str | Path, verify: bool = True) -> dict:
                 "it unverified",
                 "remove it, or rebuild the artifact with edgekit build --force",
             )
+        from edgekit.backends import get_backend
+
+        get_backend(m["backend"]).verify_artifact(d, m)  # e.g. the engine inside the archive
     return m
