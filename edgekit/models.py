@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,8 +308,11 @@ def load_model(
     """Build a model and load its weights; accepts edgekit and foreign checkpoints.
 
     Args:
-        spec: zoo name or import path; may be None for an edgekit checkpoint,
-            which records its own.
+        spec: zoo name or import path, as the user typed it (``--model``); may be
+            None for an edgekit checkpoint, which records its own. A checkpoint's
+            own ``package.module:factory`` is refused unless the user named it
+            (this ``spec``, or earlier in this process: :func:`trust_model`):
+            edgekit never imports code named by a file.
         weights: checkpoint path, or None for random initialisation.
         num_classes: class count; taken from an edgekit checkpoint when None.
 
@@ -317,8 +321,13 @@ def load_model(
 
     Raises:
         EdgekitError: see :func:`read_checkpoint`, :func:`build_model`,
-            :func:`load_state_dict_checked`.
+            :func:`load_state_dict_checked`; malformed metadata
+            (:func:`check_checkpoint_meta`); a model factory named only by the
+            file; NaN/Inf weights (:func:`check_finite`); a structure whose
+            shapes the tensors do not have.
     """
+    if spec is not None:
+        trust_model(spec)  # the caller's spec is the user's own --model, never a file's
     if weights is None:
         if spec is None or num_classes is None:
             raise EdgekitError("a model name and class count are needed without --weights")
@@ -326,12 +335,15 @@ def load_model(
     obj = read_checkpoint(weights)
     meta: dict = {}
     if obj.get("format") == CHECKPOINT_FORMAT:
+        check_checkpoint_meta(obj, str(weights))
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
         if spec is not None and spec != obj["model"]:
             raise EdgekitError(
                 f"{weights} is a checkpoint of {obj['model']!r}, not {spec!r}",
                 "drop --model, or pass the matching one",
             )
+        if spec is None:
+            check_model_trusted(obj["model"], str(weights))
         spec = obj["model"]
         if num_classes is not None and num_classes != obj["num_classes"]:
             raise EdgekitError(f"{weights} has {obj['num_classes']} classes, not {num_classes}")
@@ -340,10 +352,100 @@ def load_model(
         raise EdgekitError(f"{weights} is not an edgekit checkpoint", "name the model with --model")
     if num_classes is None:
         raise EdgekitError("the class count is unknown", "pass --num-classes")
+    sd = extract_state_dict(obj)
+    check_finite(sd, str(weights))
     model = build_model(spec, num_classes)
     if meta.get("structure"):
         from edgekit.structure import apply_structure
 
-        apply_structure(model, meta["structure"])
-    load_state_dict_checked(model, extract_state_dict(obj), str(weights))
+        apply_structure(model, meta["structure"], sd, str(weights))
+    load_state_dict_checked(model, sd, str(weights))
     return model.eval(), meta
+
+
+#: The largest class count a checkpoint may record.
+MAX_CLASSES = 100_000
+#: Environment variable listing ``package.module:factory`` specs the user trusts
+#: (comma-separated). :func:`trust_model` adds an explicit ``--model`` to it,
+#: so the benchmark's child processes accept checkpoints of that model too.
+TRUST_ENV = "EDGEKIT_TRUSTED_MODELS"
+
+
+def trusted_models() -> set[str]:
+    """The user model factories the user named explicitly (``--model`` or ``EDGEKIT_TRUSTED_MODELS``)."""
+    return {s.strip() for s in os.environ.get(TRUST_ENV, "").split(",") if s.strip()}
+
+
+def trust_model(spec: str) -> None:
+    """Record that the user named ``spec`` explicitly, so checkpoints naming it may be loaded.
+
+    Only for a spec the user typed (``--model``): never pass a string read from a
+    file. Zoo names need no trust. The record is kept in ``EDGEKIT_TRUSTED_MODELS``
+    so that processes this one spawns (the isolated benchmark runs) inherit it.
+    """
+    if spec in MODELS or spec in trusted_models():
+        return
+    os.environ[TRUST_ENV] = ",".join(sorted(trusted_models() | {spec}))
+
+
+def check_model_trusted(name: str, where: str) -> None:
+    """Refuse a checkpoint's model name unless it is a zoo model or the user named it.
+
+    Raises:
+        EdgekitError: ``name`` is a ``package.module:factory`` the user did not pass
+            (``--model``, or ``EDGEKIT_TRUSTED_MODELS`` for bench/infer/build).
+    """
+    if name in MODELS or name in trusted_models():
+        return
+    raise EdgekitError(
+        f"checkpoint {where} names the model factory {name!r}; edgekit never imports code "
+        "named by a file",
+        f"pass --model {name} yourself if you trust it (bench, infer, build: set "
+        f"{TRUST_ENV}={name})",
+    )
+
+
+def check_checkpoint_meta(obj: dict, where: str) -> None:
+    """Type- and range-check an edgekit checkpoint's metadata before anything is built.
+
+    ``model`` a string, ``num_classes`` an integer in [1, :data:`MAX_CLASSES`],
+    ``state_dict`` a table, ``structure`` layer shapes (:func:`edgekit.structure.check_structure`),
+    ``preprocess`` a valid preprocessing record, ``classes`` a list of strings.
+
+    Raises:
+        EdgekitError: the first field of the wrong type or out of range, naming the file.
+    """
+    from edgekit.preprocess import preprocess_schema
+    from edgekit.schema import Dict, Int, ListOf, Str, validate
+
+    spec = Dict(
+        {
+            "model": Str(r"[^\x00]{1,256}", required=True),
+            "num_classes": Int(min=1, max=MAX_CLASSES, required=True),
+            "state_dict": Dict({}, extra=True, required=True),
+            "preprocess": preprocess_schema(nullable=True),
+            "classes": ListOf(Str(), max_items=MAX_CLASSES, nullable=True),
+        },
+        extra=True,
+    )
+    hint = "the checkpoint is corrupt or was edited; save it again with edgekit"
+    validate(obj, spec, where, hint=hint)
+    if obj.get("structure"):
+        from edgekit.structure import check_structure
+
+        check_structure(obj["structure"], where)
+
+
+def check_finite(sd: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN or Inf in any floating-point tensor of a state dict.
+
+    Raises:
+        EdgekitError: naming the first tensor with a non-finite value.
+    """
+    for k, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise EdgekitError(
+                f"checkpoint {where}: tensor {k} holds {bad} NaN/Inf value(s) of {v.numel()}",
+                "the training diverged or the file is corrupt; use an earlier checkpoint",
+            )

@@ -14,6 +14,9 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
+#: Largest accepted image side in pixels (an 8192x8192 float32 RGB input is 805 MB).
+MAX_SIDE = 8192
+
 #: Named normalizations (mean, std) for RGB in [0, 1].
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -21,6 +24,29 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
+
+
+def preprocess_schema(**kw):
+    """The :mod:`edgekit.schema` spec of a ``preprocess`` record (manifests, checkpoints).
+
+    Sizes are integers in [1, :data:`MAX_SIDE`]; ``mean`` and ``std`` are 3 finite
+    numbers with ``std > 0``; ``scale > 0``; ``channel_order`` RGB or BGR; layout NCHW.
+    ``kw`` goes to the outer :class:`edgekit.schema.Field` (e.g. ``required=True``).
+    """
+    from edgekit.schema import Choice, Dict, Int, ListOf, Num
+
+    return Dict(
+        {
+            "height": Int(min=1, max=MAX_SIDE, required=True),
+            "width": Int(min=1, max=MAX_SIDE, required=True),
+            "mean": ListOf(Num(min=-1e6, max=1e6), length=3, required=True),
+            "std": ListOf(Num(min=0, max=1e6, exclusive_min=True), length=3, required=True),
+            "scale": Num(min=0, max=1e6, exclusive_min=True, required=True),
+            "channel_order": Choice("RGB", "BGR"),
+            "layout": Choice("NCHW"),
+        },
+        **kw,
+    )
 
 
 @dataclass(frozen=True)
@@ -48,27 +74,32 @@ class Preprocess:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Preprocess:
-        """Build from a manifest's ``preprocess`` entry.
+    def from_dict(cls, d: dict, where: str = "preprocessing record") -> Preprocess:
+        """Build from a manifest's (or a checkpoint's) ``preprocess`` entry.
+
+        Args:
+            where: the source, named first in errors (a manifest or checkpoint path).
 
         Raises:
-            EdgekitError: a field is missing or of the wrong kind.
+            EdgekitError: a field is missing or of the wrong kind; a size that is
+                not a positive integer; mean/std not 3 finite numbers; a std or
+                scale <= 0 (a division by zero would give inf/NaN inputs); an
+                unknown channel order or layout.
         """
-        try:
-            return cls(
-                height=int(d["height"]),
-                width=int(d["width"]),
-                mean=tuple(float(v) for v in d["mean"]),
-                std=tuple(float(v) for v in d["std"]),
-                scale=float(d["scale"]),
-                channel_order=str(d.get("channel_order", "RGB")),
-                layout=str(d.get("layout", "NCHW")),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise EdgekitError(
-                f"preprocessing record is incomplete or malformed ({e!r})",
-                "rebuild the artifact with this edgekit version",
-            ) from None
+        from edgekit.schema import validate
+
+        validate(
+            d, preprocess_schema(), where, hint="rebuild the artifact with this edgekit version"
+        )
+        return cls(
+            height=d["height"],
+            width=d["width"],
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            scale=float(d["scale"]),
+            channel_order=d.get("channel_order", "RGB"),
+            layout=d.get("layout", "NCHW"),
+        )
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Map images to model inputs.

@@ -133,7 +133,8 @@ def load_report(path: str | Path) -> dict:
     """Read one JSON report written by :func:`write_report`.
 
     Raises:
-        EdgekitError: missing file, invalid JSON, or not an edgekit report.
+        EdgekitError: missing file, invalid JSON, not an edgekit report, or a
+            field of the wrong type (:func:`report_schema`), naming the file and field.
     """
     import json
 
@@ -144,14 +145,132 @@ def load_report(path: str | Path) -> dict:
         raise EdgekitError(f"report not found: {p}")
     try:
         d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgekitError(f"{p} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise EdgekitError(f"{p} is not valid JSON: {type(e).__name__}: {e}") from None
+    except OSError as e:
+        raise EdgekitError(f"cannot read {p}: {e.strerror or e}") from None
     if not isinstance(d, dict) or d.get("schema") != REPORT_SCHEMA or "rows" not in d:
         raise EdgekitError(
             f"{p} is not an edgekit report (schema {REPORT_SCHEMA})",
             "give the JSON written by edgekit bench or edgekit run",
         )
+    from edgekit.schema import validate
+
+    hint = "give the JSON written by edgekit bench or run"
+    validate(d, report_schema(), str(p), hint=hint)
+    check_predictions(d, str(p), hint)
     return d
+
+
+#: Largest class index a report without class names may hold (a confusion matrix is C x C).
+MAX_UNNAMED_CLASSES = 4096
+
+
+def check_predictions(d: dict, where: str, hint: str | None = None) -> None:
+    """Test labels and per-row predictions agree in length and index only known classes.
+
+    Indices must be below ``len(meta.classes)`` (or :data:`MAX_UNNAMED_CLASSES`
+    without class names), so a crafted report cannot ask for a huge confusion matrix.
+
+    Raises:
+        EdgekitError: naming the file and the row.
+    """
+    from edgekit.errors import EdgekitError
+
+    meta = d.get("meta") or {}
+    labels, classes = meta.get("labels"), meta.get("classes")
+    bound = len(classes) if classes else MAX_UNNAMED_CLASSES
+    for what, values in [("meta.labels", labels)] + [
+        (f"rows[{i}].predictions", r.get("predictions")) for i, r in enumerate(d["rows"])
+    ]:
+        if not values:
+            continue
+        if max(values) >= bound:
+            raise EdgekitError(
+                f"{where}: {what} holds class index {max(values)}, but there are only "
+                f"{bound} classes" + ("" if classes else " (no class names)"),
+                hint,
+            )
+        if labels and what != "meta.labels" and len(values) != len(labels):
+            raise EdgekitError(
+                f"{where}: {what} has {len(values)} entries but meta.labels has {len(labels)}",
+                hint,
+            )
+
+
+def report_schema():
+    """The :mod:`edgekit.schema` spec of a report file (``edgekit-report/1``).
+
+    Rows are tables with a string ``target`` and ``status`` and, where present,
+    typed figures (numbers or null; latencies in ms, sizes in MB, top-1 in
+    percent); other keys in a row are kept as they are.
+    """
+    from edgekit.schema import Choice, Dict, Int, ListOf, MapOf, Num, Str
+
+    num = Num(nullable=True)
+    pct = Num(min=0, max=100, nullable=True)
+    text = Str(nullable=True)
+    row = Dict(
+        {
+            "target": Str(r"[^\x00]{1,256}", required=True),
+            "status": Str(r"[a-z][a-z_-]{0,31}", required=True),
+            "reason": text,
+            "backend": text,
+            "precision": text,
+            "device": text,
+            "run": text,
+            "threads": Int(min=0, nullable=True),
+            "size_mb": Num(min=0, nullable=True),
+            "size_ratio": num,
+            "speedup": num,
+            "top1": pct,
+            "top5": pct,
+            "top1_drop": num,
+            "latency_ms": Dict({"p50": Num(min=0, required=True)}, extra=True, nullable=True),
+            "latency_samples_ms": ListOf(Num(), nullable=True),
+            "throughput_ips": MapOf(num, keys=Str(r"[0-9]{1,7}"), nullable=True),
+            "predictions": ListOf(Int(min=0), nullable=True),
+            "peak_rss_mb": num,
+            "gpu_mem_mb": num,
+            "gpu": Dict({}, extra=True, nullable=True),
+        },
+        extra=True,
+    )
+    table = Dict({}, extra=True, nullable=True)
+    environment = Dict(
+        {
+            "host": text,
+            "cpu": text,
+            "machine": text,
+            "system": text,
+            "time": text,
+            "gpus": ListOf(Str(), nullable=True),
+            "isa": Dict({}, extra=True, nullable=True),
+            "cores": Int(min=0, nullable=True),
+            "threads": Int(min=0, nullable=True),
+        },
+        extra=True,
+        nullable=True,
+    )
+    return Dict(
+        {
+            "schema": Choice(REPORT_SCHEMA, required=True),
+            "rows": ListOf(row, required=True),
+            "environment": environment,
+            "config": table,
+            "meta": Dict(
+                {
+                    "labels": ListOf(Int(min=0), nullable=True),
+                    "classes": ListOf(Str(), nullable=True),
+                    "run": text,
+                },
+                extra=True,
+                nullable=True,
+            ),
+            "runs": MapOf(Dict({}, extra=True), nullable=True),
+        },
+        extra=True,
+    )
 
 
 def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:

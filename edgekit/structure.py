@@ -13,18 +13,64 @@ from __future__ import annotations
 from torch import nn
 
 from edgekit.errors import EdgekitError
+from edgekit.schema import Choice, Dict, Int, MapOf, Str, validate
+
+#: Largest channel count (or padding) a recorded structure may ask for.
+MAX_CHANNELS = 65_536
+
+_DIM = Int(min=1, max=MAX_CHANNELS, required=True)
+_PAD = Int(min=0, max=MAX_CHANNELS, required=True)
+#: The schema of one ``structure`` entry, by its ``type``.
+ENTRY_SCHEMAS = {
+    "Conv2d": Dict({"type": Str(), "in": _DIM, "out": _DIM, "groups": _DIM}),
+    "BatchNorm2d": Dict({"type": Str(), "features": _DIM}),
+    "Linear": Dict({"type": Str(), "in": _DIM, "out": _DIM}),
+    "PadShortcut": Dict({"type": Str(), "before": _PAD, "after": _PAD}),
+}
+
+
+def check_structure(structure, where: str) -> None:
+    """Type- and range-check a checkpoint's ``structure`` record before anything is built.
+
+    Raises:
+        EdgekitError: not a table of layer name -> entry; an unknown ``type``; a
+            channel count outside [1, :data:`MAX_CHANNELS`]; groups that do not
+            divide the channels.
+    """
+    entries = MapOf(
+        Dict({"type": Choice(*ENTRY_SCHEMAS, required=True)}, extra=True),
+        keys=Str(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", doc="a module name such as layer1.0.conv1"),
+    )
+    validate(structure, entries, where, "structure")
+    for name, a in structure.items():
+        path = f"structure.{name}"
+        validate(a, ENTRY_SCHEMAS[a["type"]], where, path)
+        if a["type"] == "Conv2d" and (a["in"] % a["groups"] or a["out"] % a["groups"]):
+            raise EdgekitError(
+                f"{where}: {path}: groups {a['groups']} does not divide in {a['in']} and "
+                f"out {a['out']}"
+            )
+
+
+def _is_pad_shortcut(m: nn.Module) -> bool:
+    """An option-A shortcut (``edgekit.models.PadShortcut``), recognised by its attributes.
+
+    Duck typing keeps this module free of an import of :mod:`edgekit.models`
+    (which imports this one): ``structure`` must not depend on ``models``.
+    """
+    return isinstance(getattr(m, "pad_before", None), int) and isinstance(
+        getattr(m, "pad_after", None), int
+    )
 
 
 def _attrs(m: nn.Module) -> dict | None:
-    from edgekit.models import PadShortcut
-
     if isinstance(m, nn.Conv2d):
         return {"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
     if isinstance(m, nn.BatchNorm2d):
         return {"type": "BatchNorm2d", "features": m.num_features}
     if isinstance(m, nn.Linear):
         return {"type": "Linear", "in": m.in_features, "out": m.out_features}
-    if isinstance(m, PadShortcut):
+    if _is_pad_shortcut(m):
         return {"type": "PadShortcut", "before": m.pad_before, "after": m.pad_after}
     return None
 
@@ -50,12 +96,40 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def apply_structure(model: nn.Module, structure: dict[str, dict]) -> nn.Module:
+def _implied_shapes(m: nn.Module, name: str, a: dict, sd: dict) -> dict[str, tuple[int, ...]]:
+    """The state-dict tensor shapes a structure entry implies for layer ``m``."""
+    if a["type"] == "Conv2d":
+        shape = (a["out"], a["in"] // a["groups"], *m.kernel_size)
+        return {f"{name}.weight": shape}
+    if a["type"] == "BatchNorm2d":
+        keys = [k for k in (f"{name}.weight", f"{name}.running_mean") if k in sd]
+        return {k: (a["features"],) for k in keys or [f"{name}.weight"]}
+    if a["type"] == "Linear":
+        return {f"{name}.weight": (a["out"], a["in"])}
+    return {}
+
+
+def apply_structure(
+    model: nn.Module,
+    structure: dict[str, dict],
+    state_dict: dict | None = None,
+    where: str = "checkpoint",
+) -> nn.Module:
     """Resize layers of ``model`` in place to the recorded shapes (weights are not kept).
 
+    Args:
+        state_dict: the checkpoint's tensors; when given, each resized layer's
+            weight shape must already be in it, so a structure can never make
+            edgekit allocate more than the checkpoint itself holds (a crafted
+            entry asking for a 256 GB layer is refused before allocation).
+        where: the checkpoint, named in errors.
+
     Raises:
-        EdgekitError: a recorded layer is absent or of another type.
+        EdgekitError: a malformed entry (see :func:`check_structure`); a recorded
+            layer that is absent or of another type; a shape the checkpoint's
+            tensors do not have.
     """
+    check_structure(structure, where)
     for name, a in structure.items():
         try:
             m = model.get_submodule(name)
@@ -71,6 +145,16 @@ def apply_structure(model: nn.Module, structure: dict[str, dict]) -> nn.Module:
             )
         if cur == a:
             continue
+        if state_dict is not None:
+            for key, shape in _implied_shapes(m, name, a, state_dict).items():
+                have = state_dict.get(key)
+                if have is None or tuple(have.shape) != shape:
+                    got = "no such tensor" if have is None else f"{list(have.shape)}"
+                    raise EdgekitError(
+                        f"{where}: structure says {name} is {a}, so {key} should be "
+                        f"{list(shape)}, but the checkpoint has {got}",
+                        "the checkpoint is corrupt or was edited; save it again with edgekit",
+                    )
         if a["type"] == "Conv2d":
             new = nn.Conv2d(
                 a["in"],

@@ -29,9 +29,44 @@ from importlib import resources
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.schema import Choice, Dict, Field, ListOf, Str, validate
+
+PRECISIONS = ("fp32", "fp16", "int8")
+#: A target name is an identifier, never a path: it names ``WORK/artifacts/NAME``.
+NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
+NAME = Str(NAME_PATTERN, forbidden=(".", ".."))
+#: ``[requires]``: the device and the import names the target needs.
+REQUIRES = Dict(
+    {
+        "device": Choice("cpu", "cuda"),
+        "packages": ListOf(
+            Str(
+                r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*",
+                doc="an import name such as onnxruntime",
+            )
+        ),
+    }
+)
+
+
+def target_schema() -> Field:
+    """The schema of a target file (``[options]`` is checked by the backend's spec)."""
+    from edgekit.backends import BACKENDS
+
+    return Dict(
+        {
+            "name": Str(NAME_PATTERN, forbidden=(".", ".."), required=True),
+            "backend": Choice(*BACKENDS, required=True),
+            "precision": Choice(*PRECISIONS, required=True),
+            "description": Str(),
+            "notes": Str(),
+            "requires": REQUIRES,
+            "options": Dict({}, extra=True),
+        }
+    )
+
 
 TOP_KEYS = {"name", "backend", "precision", "description", "requires", "options", "notes"}
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -70,8 +105,9 @@ def load_target_file(path: str | Path) -> Target:
     """Parse and validate one target file (options are checked against the backend).
 
     Raises:
-        EdgekitError: unreadable TOML, unknown keys or options, unknown backend
-            or precision.
+        EdgekitError: unreadable TOML; an unknown key or option; a value of the
+            wrong type or outside its allowed set or range (the name must match
+            ``NAME_PATTERN``, not a path); an unknown backend or precision.
     """
     from edgekit.backends import get_backend
 
@@ -80,19 +116,11 @@ def load_target_file(path: str | Path) -> Target:
         raise EdgekitError(f"target file not found: {p}")
     try:
         d = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise EdgekitError(f"{p} is not valid TOML: {e}") from None
-    unknown = set(d) - TOP_KEYS
-    if unknown:
-        raise EdgekitError(
-            f"{p}: unknown key(s) {', '.join(sorted(unknown))}",
-            f"allowed: {', '.join(sorted(TOP_KEYS))}",
-        )
-    for key in ("name", "backend", "precision"):
-        if not isinstance(d.get(key), str):
-            raise EdgekitError(f"{p}: '{key}' is required and must be a string")
-    if d["precision"] not in PRECISIONS:
-        raise EdgekitError(f"{p}: precision {d['precision']!r} is not one of {PRECISIONS}")
+    except OSError as e:
+        raise EdgekitError(f"cannot read target file {p}: {e.strerror or e}") from None
+    validate(d, target_schema(), str(p), hint="fix the target file (see docs/targets.md)")
     backend = get_backend(d["backend"], where=str(p))
     options = backend.resolve_options(d["precision"], d.get("options", {}), where=str(p))
     return Target(

@@ -534,6 +534,10 @@ def train(
     if ds.train is None:
         raise EdgekitError(f"dataset {dataset} has no training split")
     src = str(last) if resume else weights
+    if resume and model_spec:
+        from edgekit.models import trust_model
+
+        trust_model(model_spec)  # the user's own --model may name the resumed checkpoint's factory
     model, meta = load_model(
         None if resume else model_spec, src, None if resume else ds.num_classes
     )

@@ -131,7 +131,9 @@ def test_bad_option_value(tiny_workspace, tmp_path):
     from edgekit.pipeline import build
 
     f = write_target(tmp_path, "ort-cpu-int8", calib_per_class=4, quant_format="QQQ")
-    with pytest.raises(EdgekitError, match="quant_format = 'QQQ' is not one of QDQ, QOperator"):
+    with pytest.raises(
+        EdgekitError, match='options.quant_format must be one of "QDQ", "QOperator", got "QQQ"'
+    ):
         build(tiny_workspace, "ort-cpu-int8", [f], force=True)
 
 
@@ -231,7 +233,7 @@ def test_unknown_engine_is_an_error(tiny_workspace, tmp_path):
     from edgekit.pipeline import build
 
     f = write_target(tmp_path, "ts-fx-int8", calib_per_class=2, engine="tpu")
-    with pytest.raises(EdgekitError, match="unknown engine 'tpu'"):
+    with pytest.raises(EdgekitError, match='options.engine must be one of "auto", .*got "tpu"'):
         build(tiny_workspace, "ts-fx-int8", [f], force=True)
 
 

@@ -154,28 +154,52 @@ class Backend:
         install_hint: what to install when they are missing.
         option_defaults: precision -> option name -> default. Keys define the
             allowed options; a target file naming another key is an error.
+        option_specs: option name -> :class:`edgekit.schema.Field` (type, allowed
+            values, range) for every option of every precision. Target files and
+            manifests are checked against it, so a builder or runner never sees
+            ``per_channel = "no"`` or ``execution_provider = 42``.
     """
 
     name = ""
     packages: tuple[str, ...] = ()
     install_hint = ""
     option_defaults: dict[str, dict[str, Any]] = {}
+    option_specs: dict[str, Any] = {}
 
-    def resolve_options(self, precision: str, options: dict, where: str = "") -> dict:
-        """Merge target-file options over the defaults; reject unknown ones."""
+    def resolve_options(self, precision: str, options: Any, where: str = "") -> dict:
+        """Merge target-file options over the defaults after checking them.
+
+        Args:
+            options: the ``[options]`` table (or a manifest's ``options``).
+            where: the file, named first in errors.
+
+        Raises:
+            EdgekitError: an unknown precision or option, or a value of the wrong
+                type or outside its allowed values/range (see :attr:`option_specs`).
+        """
+        from edgekit.schema import validate
+
         defaults = self.option_defaults.get(precision)
         if defaults is None:
             raise EdgekitError(
                 f"{where}: backend {self.name!r} has no {precision!r} precision",
                 f"it offers {', '.join(self.option_defaults)}",
             )
+        if not isinstance(options, dict):
+            raise EdgekitError(
+                f"{where}: options must be a table/object of option = value, got "
+                f"{type(options).__name__}",
+                f"allowed options: {', '.join(sorted(defaults)) or 'none'}",
+            )
         unknown = set(options) - set(defaults)
         if unknown:
             raise EdgekitError(
-                f"{where}: unknown option(s) {', '.join(sorted(unknown))} for {self.name} "
-                f"{precision}",
+                f"{where}: unknown option(s) {', '.join(sorted(map(str, unknown)))} for "
+                f"{self.name} {precision}",
                 f"allowed: {', '.join(sorted(defaults)) or 'none'}",
             )
+        for key, value in options.items():
+            validate(value, self.option_specs[key], where, f"options.{key}")
         return {**defaults, **options}
 
     def missing_packages(self, packages: tuple[str, ...] | list[str] = ()) -> list[str]:
@@ -190,6 +214,15 @@ class Backend:
 
     def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:
         raise NotImplementedError
+
+    def verify_artifact(self, artifact_dir: Path, manifest: dict) -> None:
+        """Check backend-specific manifest fields against the (already hashed) files.
+
+        Called by :func:`edgekit.manifest.read_manifest` after the sha256 check.
+
+        Raises:
+            EdgekitError: a field that the hashed files contradict.
+        """
 
     def runtime_unavailable_reason(self, manifest: dict) -> str | None:
         """Why an artifact of this backend cannot be loaded here; None if it can."""

@@ -23,6 +23,8 @@ import numpy as np
 
 from edgekit.backends.base import Backend, BuildContext, BuildResult, onnx_io
 from edgekit.errors import EdgekitError
+from edgekit.manifest import artifact_path
+from edgekit.schema import Bool, Choice, Int, ListOf, Num, Str
 
 ARTIFACT = "model.onnx"
 
@@ -50,6 +52,24 @@ INT8_DEFAULTS = {
     "op_types_to_quantize": [],
     "unsupported_ops": "fp32",
     "strip_names": True,
+}
+
+#: Type, allowed values and range of every option (see docs/targets.md).
+OPTION_SPECS = {
+    "execution_provider": Str(r"[A-Za-z][A-Za-z0-9]*ExecutionProvider"),
+    "quant_format": Choice("QDQ", "QOperator"),
+    "per_channel": Bool(),
+    "calibration_method": Choice("MinMax", "Entropy", "Percentile"),
+    "calib_per_class": Int(min=1, max=100_000),
+    "calib_batch": Int(min=1, max=65_536),
+    "activation_type": Choice("QUInt8", "QInt8"),
+    "weight_type": Choice("QUInt8", "QInt8"),
+    "reduce_range": Bool(),
+    "percentile": Num(min=0, max=100, exclusive_min=True),
+    "nodes_to_exclude": ListOf(Str()),
+    "op_types_to_quantize": ListOf(Str(r"[A-Za-z][A-Za-z0-9_]*")),
+    "unsupported_ops": Choice("fp32", "error"),
+    "strip_names": Bool(),
 }
 
 
@@ -97,6 +117,7 @@ class OnnxRuntimeBackend(Backend):
         "fp32": {"execution_provider": "CPUExecutionProvider"},
         "int8": INT8_DEFAULTS,
     }
+    option_specs = OPTION_SPECS
 
     def unavailable_reason(self, target) -> str | None:
         reason = super().unavailable_reason(target)
@@ -129,8 +150,8 @@ class OnnxRuntimeBackend(Backend):
         if manifest.get("options", {}).get("execution_provider") == "CUDAExecutionProvider":
             from edgekit.backends.gpu import ort_cuda_runner  # CuPy buffers, IOBinding
 
-            return ort_cuda_runner(artifact_dir / manifest["artifact"], manifest, threads)
-        return OrtRunner(artifact_dir / manifest["artifact"], manifest, threads)
+            return ort_cuda_runner(artifact_path(artifact_dir, manifest), manifest, threads)
+        return OrtRunner(artifact_path(artifact_dir, manifest), manifest, threads)
 
 
 def _choice(opts: dict, key: str, allowed: dict, where: str):

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgekit.backends.base import Backend, BuildContext, BuildResult
 from edgekit.errors import EdgekitError
+from edgekit.manifest import artifact_path
 
 ARTIFACT = "model.pt"
 
@@ -63,8 +64,40 @@ class PyTorchBackend(Backend):
         }
         return BuildResult(artifact=ARTIFACT, io=io)
 
+    def verify_artifact(self, artifact_dir: Path, manifest: dict) -> None:
+        """Check the checkpoint's metadata before any process loads it.
+
+        The checkpoint is read with ``weights_only=True``; its metadata must be
+        well-typed and its model a zoo model or one the user named
+        (:func:`edgekit.models.check_model_trusted`), so ``bench`` refuses a
+        checkpoint naming ``os:abort`` up front, with exit status 2.
+
+        Raises:
+            EdgekitError: not an edgekit checkpoint, malformed metadata, or a model
+                factory named only by the file.
+        """
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return  # runtime_unavailable_reason says torch is missing
+        from edgekit.models import (
+            CHECKPOINT_FORMAT,
+            check_checkpoint_meta,
+            check_model_trusted,
+            read_checkpoint,
+        )
+
+        path = artifact_path(artifact_dir, manifest)
+        obj = read_checkpoint(path)
+        if obj.get("format") != CHECKPOINT_FORMAT:
+            raise EdgekitError(
+                f"{path} is not an edgekit checkpoint", "rebuild the artifact with edgekit build"
+            )
+        check_checkpoint_meta(obj, str(path))
+        check_model_trusted(obj["model"], str(path))
+
     def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> TorchRunner:
-        return TorchRunner(artifact_dir / manifest["artifact"], threads)
+        return TorchRunner(artifact_path(artifact_dir, manifest), threads)
 
 
 BACKEND = PyTorchBackend()

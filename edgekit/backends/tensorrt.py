@@ -35,6 +35,8 @@ import numpy as np
 
 from edgekit.backends.base import Backend, BuildContext, BuildResult, onnx_io
 from edgekit.errors import EdgekitError, UnavailableError
+from edgekit.manifest import artifact_path
+from edgekit.schema import Bool, Choice, Int, Num
 
 ENGINE = "model.engine"
 ONNX_FOR_TRT = "model.onnx"
@@ -53,6 +55,21 @@ _CALIB = {
     "calibration_method": "entropy",
     "calibration_percentile": 99.99,
     "calibration_batch": 32,
+}
+#: Type, allowed values and range of every option (see docs/tensorrt.md).
+OPTION_SPECS = {
+    "min_batch": Int(min=1, max=65_536),
+    "opt_batch": Int(min=1, max=65_536),
+    "max_batch": Int(min=1, max=65_536),
+    "workspace_mb": Int(min=1, max=1 << 24),
+    "timing_cache": Bool(),
+    "cuda_graph": Bool(),
+    "fp16_mode": Choice("onnx", "flag"),
+    "int8_mode": Choice("qdq", "implicit"),
+    "calibration_per_class": Int(min=1, max=100_000),
+    "calibration_method": Choice("entropy", "percentile", "minmax"),
+    "calibration_percentile": Num(min=0, max=100, exclusive_min=True),
+    "calibration_batch": Int(min=1, max=65_536),
 }
 
 
@@ -347,6 +364,7 @@ class TensorRTBackend(Backend):
         "fp16": {**_COMMON, "fp16_mode": "onnx"},
         "int8": {**_COMMON, **_CALIB, "int8_mode": "qdq"},
     }
+    option_specs = OPTION_SPECS
 
     def unavailable_reason(self, target) -> str | None:
         import importlib.util
@@ -446,7 +464,7 @@ class TensorRTBackend(Backend):
                 "TensorRT engines are not portable",
                 f"rebuild it here: edgekit build --target {manifest['target']} --force",
             )
-        return TrtRunner(artifact_dir / manifest["artifact"], manifest, trt)
+        return TrtRunner(artifact_path(artifact_dir, manifest), manifest, trt)
 
 
 class TrtRunner:

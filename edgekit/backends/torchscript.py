@@ -19,6 +19,7 @@ calls so they do not flood the user (see docs/targets.md).
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import warnings
 from pathlib import Path
@@ -27,8 +28,12 @@ import numpy as np
 
 from edgekit.backends.base import Backend, BuildContext, BuildResult
 from edgekit.errors import EdgekitError
+from edgekit.manifest import artifact_path
+from edgekit.schema import Choice, Int
 
 ARTIFACT = "model.ts.pt"
+#: Build record stored inside the TorchScript archive (``torch.jit.save(_extra_files=...)``).
+RECORD = "edgekit.json"
 
 #: quantized engine -> the machine architectures (``platform.machine()``) it is for.
 ENGINE_ARCHS = {
@@ -106,6 +111,25 @@ def quiet_torch_ao():
         yield
 
 
+def archive_record(path: Path) -> dict | None:
+    """The :data:`RECORD` stored in a TorchScript archive, read with ``zipfile`` (no unpickling).
+
+    Returns:
+        The record dict, or None when the archive has none (or is not a zip).
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.split("/")[1:] == ["extra", RECORD]]
+            if len(names) != 1 or z.getinfo(names[0]).file_size > 65536:
+                return None
+            rec = json.loads(z.read(names[0]))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 class TorchScriptRunner:
     """A frozen ``torch.jit.ScriptModule`` behind the :class:`Runner` protocol."""
 
@@ -149,21 +173,11 @@ class TorchScriptBackend(Backend):
         "fp32": {},
         "int8": {"engine": "auto", "calib_per_class": 32, "calib_batch": 32},
     }
-
-    def resolve_options(self, precision: str, options: dict, where: str = "") -> dict:
-        """As :meth:`Backend.resolve_options`, and check ``engine``'s value.
-
-        Raises:
-            EdgekitError: unknown option, or an engine other than auto/x86/fbgemm/onednn/qnnpack.
-        """
-        opts = super().resolve_options(precision, options, where)
-        engine = opts.get("engine", "auto")
-        if engine != "auto" and engine not in ENGINE_ARCHS:
-            raise EdgekitError(
-                f"{where}: unknown engine {engine!r}",
-                f"use auto or one of {', '.join(ENGINE_ARCHS)}",
-            )
-        return opts
+    option_specs = {
+        "engine": Choice("auto", *ENGINE_ARCHS),
+        "calib_per_class": Int(min=1, max=100_000),
+        "calib_batch": Int(min=1, max=65_536),
+    }
 
     def unavailable_reason(self, target) -> str | None:
         reason = super().unavailable_reason(target)
@@ -180,6 +194,31 @@ class TorchScriptBackend(Backend):
         if engine not in torch.backends.quantized.supported_engines:
             return f"this torch build lacks the {engine} quantized engine"
         return None
+
+    def verify_artifact(self, artifact_dir: Path, manifest: dict) -> None:
+        """Refuse a manifest whose ``quantized_engine`` differs from the archive's own record.
+
+        The engine is written inside ``model.ts.pt`` at build (an extra file of the
+        TorchScript zip archive), and that file is sha256-hashed in the manifest;
+        so relabelling the manifest (e.g. ``qnnpack`` -> ``x86``, to run an ARM
+        artifact on x86) no longer matches what the hashed archive records.
+
+        Raises:
+            EdgekitError: the engines differ, or an INT8 artifact has no record.
+        """
+        path = artifact_path(artifact_dir, manifest)
+        rec = archive_record(path)
+        claimed = manifest.get("quantized_engine")
+        if rec is None and claimed is None:
+            return  # an FP32 archive from before the record: no engine to bind
+        recorded = rec.get("quantized_engine") if rec else None
+        if rec is None or recorded != claimed:
+            built = f"the {recorded} engine" if recorded else "no quantized engine"
+            raise EdgekitError(
+                f"{artifact_dir}: the manifest says quantized_engine {claimed!r} but "
+                f"{path.name} records {built}; the manifest does not belong to this archive",
+                "rebuild the artifact with edgekit build --force",
+            )
 
     def runtime_unavailable_reason(self, manifest: dict) -> str | None:
         reason = super().runtime_unavailable_reason(manifest)
@@ -219,8 +258,11 @@ class TorchScriptBackend(Backend):
                 dynamic = tuple(out.shape) == (4, len(ctx.classes))
             except Exception:
                 dynamic = False
+        record = {"quantized_engine": extra.get("quantized_engine")}
         with quiet_torch_ao():
-            torch.jit.save(frozen, str(out_dir / ARTIFACT))
+            torch.jit.save(
+                frozen, str(out_dir / ARTIFACT), _extra_files={RECORD: json.dumps(record)}
+            )
         io = {
             "input": "input",
             "output": "logits",
@@ -282,7 +324,7 @@ class TorchScriptBackend(Backend):
         return quantized, calib, engine
 
     def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> TorchScriptRunner:
-        return TorchScriptRunner(artifact_dir / manifest["artifact"], manifest, threads)
+        return TorchScriptRunner(artifact_path(artifact_dir, manifest), manifest, threads)
 
 
 BACKEND = TorchScriptBackend()
