@@ -439,7 +439,7 @@ def recalibrate_bn(
         split: a :class:`edgekit.data.Split` (uint8 NHWC ``x``).
         preprocess: the model's :class:`edgekit.preprocess.Preprocess`.
         augment: ``(crop padding, hflip)``: estimate on images augmented as in
-            training (:func:`edgekit.train.augment`) instead of un-augmented ones.
+            training (:func:`edgekit.augment.random_crop_flip`) instead of un-augmented ones.
 
     Returns:
         the number of images used (0 when the model has no BatchNorm).
@@ -456,15 +456,15 @@ def recalibrate_bn(
         m.momentum = None  # cumulative moving average
         m.train()
     device = next(model.parameters()).device
-    from edgekit.train import augment as aug
+    from edgekit.augment import random_crop_flip
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for i in range(0, len(idx), batch):
             xb = split.x[np.sort(idx[i : i + batch])]
-            if augment is not None:
-                t = aug(torch.from_numpy(xb).permute(0, 3, 1, 2), *augment, gen)
-                xb = t.permute(0, 2, 3, 1).contiguous().numpy()
+            if augment is not None:  # the training augmentation, the same batched code
+                t = random_crop_flip(torch.from_numpy(xb), *augment, gen, layout="NHWC")
+                xb = t.numpy()
             x = torch.from_numpy(preprocess.apply(xb))
             model(x.to(device))
     for m, (mom, tr) in zip(bns, saved, strict=True):

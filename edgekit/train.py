@@ -182,19 +182,15 @@ class FeatureDistill:
 def augment(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
     """RandomCrop(size, padding) with zero padding and optional horizontal flip.
 
+    Kept for callers of the old name: it is :func:`edgekit.augment.random_crop_flip`
+    (batched, one gather, no per-image loop).
+
     Args:
         x: uint8 or float [N, C, H, W]; returns the same dtype and shape.
     """
-    n, _, h, w = x.shape
-    if padding:
-        xp = F.pad(x, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
-        x = torch.stack([xp[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-    if hflip:
-        flip = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x
+    from edgekit.augment import random_crop_flip
+
+    return random_crop_flip(x, padding, hflip, gen)
 
 
 def to_input(x_uint8_nhwc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
