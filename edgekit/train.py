@@ -641,6 +641,8 @@ def train(
         log(f"resuming from {last} at epoch {state['epoch']}")
     out_dir.mkdir(parents=True, exist_ok=True)
     net: nn.Module = model.to(dev)
+    if dev.type == "cuda" and cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)  # before DDP builds its buckets
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[dev.index] if dev.type == "cuda" else None
