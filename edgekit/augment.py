@@ -5,13 +5,14 @@ side, take a random 32x32 crop, flip horizontally with probability 1/2. Done for
 whole batch with tensor ops, so it runs on the device that holds the batch (CPU or
 GPU) with the same code:
 
-1. write the batch, and (with ``hflip``) its mirror image, into one zero-padded
-   source ``src`` of shape [2, N, C, H + 2p, W + 2p];
+1. write the batch, followed by the mirror images of the K images to be flipped, into
+   one zero-padded source ``src`` of shape [N + K, C, H + 2p, W + 2p];
 2. per image, draw a row offset ``dy``, a column offset ``dx`` in ``[0, 2p]`` and a flip
    bit; a flipped crop at ``dx`` is the crop of the mirrored padded image at ``2p - dx``;
 3. view ``src`` as overlapping rows of W elements, one starting at every element
    (``as_strided``, no copy), and take the N*C*H rows of all crops with ONE
-   ``index_select``: row (n, c, y) starts at ``src[flip_n, n, c, dy_n + y, dx_n]``.
+   ``index_select``: row (n, c, y) starts at ``src[img_n, c, dy_n + y, dx_n]``, where
+   ``img_n`` is n or the index of n's mirror image.
 
 Gathering whole rows (runs of W elements) instead of single pixels is what makes it
 fast on a CPU: ``benchmarks/augment_speed.py`` measures it against the per-image loop
@@ -83,18 +84,22 @@ def random_crop_flip(
     xc = x.permute(0, 3, 1, 2) if nhwc else x  # a view: NCHW indexing from here on
     n, c, h, w = xc.shape
     dy, dx, flip = crop_flip_params(n, padding, hflip, gen)
-    dev = x.device
-    dy, dx, flip = dy.to(dev), dx.to(dev), flip.to(dev)  # 3N numbers; the rest on dev
     p = padding
     hp, wp = h + 2 * p, w + 2 * p
-    src = xc.new_zeros((2 if hflip else 1, n, c, hp, wp))
-    src[0, :, :, p : p + h, p : p + w] = xc
-    if hflip:
-        src[1, :, :, p : p + h, p : p + w] = xc.flip(3)
-        dx = torch.where(flip, 2 * p - dx, dx)
+    # the K flipped images get a mirrored copy after the batch; image i's source is itself
+    # or its mirror, cropped at 2p - dx. Worked out on the CPU (no device synchronisation
+    # for nonzero), then 4 small index tensors go to the device.
+    fi = flip.nonzero().squeeze(1)
+    img = torch.where(flip, n + flip.long().cumsum(0) - 1, torch.arange(n))
+    dx = torch.where(flip, 2 * p - dx, dx)
+    dev = x.device
+    dy, dx, img, fi = dy.to(dev), dx.to(dev), img.to(dev), fi.to(dev)
+    src = xc.new_zeros((n + fi.numel(), c, hp, wp))
+    src[:n, :, p : p + h, p : p + w] = xc
+    if fi.numel():
+        src[n:, :, p : p + h, p : p + w] = xc.index_select(0, fi).flip(3)
     # the row (n, c, y) of the output starts at this element of src
-    plane = (flip.long() * n + torch.arange(n, device=dev)) * c  # [N]: image n's 1st plane
-    start = ((plane[:, None] + torch.arange(c, device=dev)) * (hp * wp))[:, :, None] + (
+    start = ((img[:, None] * c + torch.arange(c, device=dev)) * (hp * wp))[:, :, None] + (
         (dy[:, None] + torch.arange(h, device=dev)) * wp + dx[:, None]
     )[:, None, :]  # [N, C, H]
     rows = src.as_strided((src.numel() - w + 1, w), (1, 1))  # overlapping, read-only
