@@ -349,6 +349,14 @@ def run(
         float | None,
         typer.Option("--prune-ratio", help="Prune (uniform L2, round_to 8) and fine-tune first."),
     ] = None,
+    finetune_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--finetune-epochs",
+            help="With --prune-ratio (default 2, or none with --finetune-minutes).",
+        ),
+    ] = None,
+    finetune_minutes: FinetuneMinutes = None,
     device: DeviceOpt = None,
 ):
     """The whole pipeline: data, model (trained briefly without --weights), ONNX, every
@@ -377,6 +385,14 @@ def run(
         names.insert(0, "pytorch-fp32")
     spec.prune_ratio = prune_ratio
     spec.device = device
+    if finetune_epochs is not None or finetune_minutes is not None:
+        from edgekit.prune import finetune_config
+
+        finetune_config(None, finetune_epochs, finetune_minutes)  # fail before any work
+    if finetune_epochs is not None:
+        spec.prune_options["finetune_epochs"] = finetune_epochs
+    if finetune_minutes:
+        spec.prune_options["finetune_minutes"] = finetune_minutes
     cfg = BenchConfig.quick() if quick else BenchConfig()
     rows = do_run(
         spec,

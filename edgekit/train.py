@@ -272,7 +272,8 @@ def fit(
     Optimizer: SGD (``cfg.momentum``, ``cfg.nesterov``), weight decay on all
     parameters or, with ``cfg.decay_1d`` False, not on 1-D ones
     (:func:`edgekit.recipes.param_groups`); lr: ``cfg.warmup_epochs`` of linear
-    warm-up, then cosine to 0 (:func:`edgekit.recipes.lr_factor`).
+    warm-up (at most half of the steps), then cosine to 0
+    (:func:`edgekit.recipes.lr_factor`).
 
     On CUDA: channels_last (``cfg.channels_last``), bfloat16 autocast (float16 with a
     GradScaler where bfloat16 is unsupported) when ``cfg.amp``; the KD teacher runs
@@ -354,7 +355,8 @@ def fit(
     )
     per_epoch = batches.steps_per_epoch()
     steps = cfg.epochs * per_epoch
-    warm = int(round(cfg.warmup_epochs * per_epoch))
+    # a run shorter than twice the warm-up still ends with its cosine decay to 0
+    warm = min(int(round(cfg.warmup_epochs * per_epoch)), steps // 2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warm))
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history: list[dict] = []

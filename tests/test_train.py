@@ -278,6 +278,9 @@ def test_fit_follows_the_recipe_schedule_and_compile_failure_is_one_error(tiny_n
     assert abs(hist[0]["lr"] - 0.1) < 1e-9
     assert abs(hist[1]["lr"] - 0.05) < 1e-9
     assert hist[-1]["lr"] < 1e-9
+    # shorter than twice the warm-up: the warm-up takes half, the run still ends at 0
+    short = fit(build_model("resnet8", 10), ds.train, pre, make_config("cifar-fast", epochs=2))
+    assert short[0]["lr"] == 0.2 and short[-1]["lr"] < 1e-9
 
     def broken(model, *a, **k):
         def run(*args, **kwargs):
