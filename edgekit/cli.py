@@ -148,6 +148,13 @@ ExporterOpt = Annotated[str, typer.Option("--exporter", help="dynamo | torchscri
 SimplifyOpt = Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxslim.")]
 OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (>= 17).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for training and calibration.")]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Training/fine-tuning device: auto (CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N. Default: auto.",
+    ),
+]
 
 
 @app.command()
@@ -165,26 +172,28 @@ def export(
     opset: OpsetOpt = 18,
     seed: SeedOpt = 0,
     force: Force = False,
+    device: DeviceOpt = None,
 ):
     """Export a model to ONNX (WORK/model.onnx), checked against PyTorch on real images."""
     from edgekit.pipeline import prepare
 
     _check_spec_numbers(epochs, seed, num_classes, opset)
-
+    spec = _spec(
+        dataset,
+        data_dir,
+        model,
+        weights,
+        num_classes,
+        norm,
+        epochs,
+        exporter,
+        simplify,
+        opset,
+        seed,
+    )
+    spec.device = device
     ws = prepare(
-        _spec(
-            dataset,
-            data_dir,
-            model,
-            weights,
-            num_classes,
-            norm,
-            epochs,
-            exporter,
-            simplify,
-            opset,
-            seed,
-        ),
+        spec,
         work_dir,
         force=force,
         log=_log,
@@ -386,6 +395,15 @@ def run(
         float | None,
         typer.Option("--prune-ratio", help="Prune (uniform L2, round_to 8) and fine-tune first."),
     ] = None,
+    finetune_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--finetune-epochs",
+            help="With --prune-ratio (default 2, or none with --finetune-minutes).",
+        ),
+    ] = None,
+    finetune_minutes: FinetuneMinutes = None,
+    device: DeviceOpt = None,
 ):
     """The whole pipeline: data, model (trained briefly without --weights), ONNX, every
     target available here, and the benchmark. With no arguments: digits + ResNet-8.
@@ -417,6 +435,15 @@ def run(
     if names and "pytorch-fp32" not in names:
         names.insert(0, "pytorch-fp32")
     spec.prune_ratio = prune_ratio
+    spec.device = device
+    if finetune_epochs is not None or finetune_minutes is not None:
+        from edgekit.prune import finetune_config
+
+        finetune_config(None, finetune_epochs, finetune_minutes)  # fail before any work
+    if finetune_epochs is not None:
+        spec.prune_options["finetune_epochs"] = finetune_epochs
+    if finetune_minutes:
+        spec.prune_options["finetune_minutes"] = finetune_minutes
     cfg = BenchConfig.quick() if quick else BenchConfig()
     rows = do_run(
         spec,
@@ -530,6 +557,17 @@ _INSTALL_HINTS = {
 }
 
 
+RecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="default (SGD lr 0.1, batch 128, 30 epochs) or cifar-fast (Nesterov, no decay on "
+        "BN/bias, batch 256, lr 0.2 with 2-epoch warm-up + cosine, 150 epochs). "
+        "Explicit options override it.",
+    ),
+]
+
+
 @app.command("train")
 def train_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")] = Path(
@@ -539,17 +577,26 @@ def train_cmd(
     data_dir: DataDirOpt = None,
     model: ModelOpt = "resnet20",
     weights: WeightsOpt = None,
-    epochs: Annotated[int, typer.Option("--epochs")] = 30,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 128,
-    lr: Annotated[float, typer.Option("--lr")] = 0.1,
-    momentum: Annotated[float, typer.Option("--momentum")] = 0.9,
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 5e-4,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.1,
+    recipe: RecipeOpt = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Default: the recipe's.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    momentum: Annotated[float | None, typer.Option("--momentum")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
+    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing")] = None,
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Held out of the training set.")
     ] = 0.1,
-    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader workers (GPU).")] = 4,
+    device: DeviceOpt = None,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model (faster steps on GPU).")
+    ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", help="Ignored: batches are indexed on the device (kept for old scripts)."
+        ),
+    ] = 4,
     teacher: Annotated[
         Path | None, typer.Option("--teacher", help="Distil from this checkpoint.")
     ] = None,
@@ -557,14 +604,16 @@ def train_cmd(
     seed: SeedOpt = 0,
     force: Force = False,
 ):
-    """Train with the CIFAR recipe; keeps OUT/best.pt (by validation top-1), OUT/last.pt
+    """Train with a CIFAR recipe; keeps OUT/best.pt (by validation top-1), OUT/last.pt
     and OUT/curves.png. Multi-GPU: torchrun --nproc_per_node=N -m edgekit train ..."""
-    from edgekit.train import TrainConfig, train
+    from edgekit.recipes import make_config
+    from edgekit.train import train
 
     _at_least("--epochs", epochs, 0)
     _at_least("--batch-size", batch_size, 1)
     _at_least("--seed", seed, 0)
-    cfg = TrainConfig(
+    cfg = make_config(
+        recipe,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -573,6 +622,7 @@ def train_cmd(
         label_smoothing=label_smoothing,
         seed=seed,
         workers=workers,
+        compile=compile_,
     )
     train(
         model,
@@ -595,6 +645,13 @@ PruneRatio = Annotated[
 ]
 
 
+FinetuneMinutes = Annotated[
+    float | None,
+    typer.Option(
+        "--finetune-minutes",
+        help="Wall-clock budget of each fine-tuning phase (the cosine lr runs over it).",
+    ),
+]
 KdFeatures = Annotated[
     float,
     typer.Option(
@@ -640,13 +697,22 @@ def prune_cmd(
     ignore: Annotated[str | None, typer.Option("--ignore", help="Layers not pruned.")] = None,
     by: Annotated[str, typer.Option("--by", help="channels or macs.")] = "channels",
     finetune_epochs: Annotated[
-        int, typer.Option("--finetune-epochs", help="Between steps and after the last.")
-    ] = 0,
-    lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate.")] = 0.01,
+        int | None,
+        typer.Option(
+            "--finetune-epochs",
+            help="Between steps and after the last (default 0, or none with --finetune-minutes).",
+        ),
+    ] = None,
+    finetune_minutes: FinetuneMinutes = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Fine-tuning learning rate (default 0.01).")
+    ] = None,
+    recipe: RecipeOpt = None,
     distill: Annotated[
         bool, typer.Option("--distill", help="KD from the unpruned model while fine-tuning.")
     ] = False,
     kd_features: KdFeatures = 0.0,
+    device: DeviceOpt = None,
     force: Force = False,
 ):
     """Structured pruning (torch-pruning DepGraph): removes channels, reports params/MACs/size."""
@@ -660,10 +726,13 @@ def prune_cmd(
         cfg,
         model=model,
         data_dir=str(data_dir) if data_dir else None,
-        finetune_epochs=finetune_epochs,
+        finetune_epochs=finetune_epochs if finetune_minutes else (finetune_epochs or 0),
+        finetune_minutes=finetune_minutes,
         lr=lr,
+        recipe=recipe,
         distill=distill,
         kd_features=kd_features,
+        device=device,
         force=force,
         log=_log,
     )
@@ -683,12 +752,21 @@ def sweep_cmd(
     importance: Annotated[str, typer.Option("--importance")] = "l2",
     round_to: Annotated[int, typer.Option("--round-to")] = 8,
     by: Annotated[str, typer.Option("--by", help="channels or macs.")] = "channels",
-    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs")] = 2,
+    finetune_epochs: Annotated[
+        int | None,
+        typer.Option("--finetune-epochs", help="Default 2, or none with --finetune-minutes."),
+    ] = None,
+    finetune_minutes: FinetuneMinutes = None,
+    recipe: RecipeOpt = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Fine-tuning learning rate (default 0.01).")
+    ] = None,
     distill: Annotated[bool, typer.Option("--distill")] = False,
     kd_features: KdFeatures = 0.0,
     threads: Threads = None,
     quick: Quick = False,
     seed: SeedOpt = 0,
+    device: DeviceOpt = None,
     force: Force = False,
 ):
     """Prune at several ratios, fine-tune, lower to targets: WORK/sweep.{json,md,png}."""
@@ -702,18 +780,25 @@ def sweep_cmd(
         rs = [float(r) for r in ratios.split(",") if r.strip()]
     except ValueError:
         raise EdgekitError(f"--ratios must be numbers like 0,0.3,0.5, got {ratios!r}") from None
-    from edgekit.prune import check_kd_features
+    from edgekit.device import resolve_device
+    from edgekit.prune import check_kd_features, finetune_config
 
     check_kd_features(kd_features, distill)
+    resolve_device(device)  # a bad --device or fine-tuning budget fails before any work
+    finetune_config(recipe, finetune_epochs, finetune_minutes, lr)
     spec = _spec(dataset, data_dir, model, weights, None, None, epochs, "dynamo", True, 18, seed)
     spec.prune_options = {
         "importance": importance,
         "round_to": round_to if round_to > 1 else None,
         "by": by,
-        "finetune_epochs": finetune_epochs,
         "distill": distill,
         "kd_features": kd_features,
+        **({"finetune_epochs": finetune_epochs} if finetune_epochs is not None else {}),
+        **({"finetune_minutes": finetune_minutes} if finetune_minutes else {}),
+        **({"recipe": recipe} if recipe else {}),
+        **({"lr": lr} if lr is not None else {}),
     }
+    spec.device = device
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     cfg = BenchConfig.quick() if quick else BenchConfig()
     sweep(spec, work_dir, rs, targets=names, cfg=cfg, threads=threads, force=force, log=_log)

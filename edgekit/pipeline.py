@@ -148,7 +148,8 @@ class ModelSpec:
     prune_ratio: float | None = None  # structured pruning (edgekit.prune) before export
     prune_options: dict = field(
         default_factory=dict
-    )  # PruneConfig fields, finetune_epochs, distill, kd_features
+    )  # PruneConfig fields, finetune_epochs, finetune_minutes, recipe, lr, distill, kd_features
+    device: str | None = None  # training/fine-tuning device: auto|cpu|cuda|cuda:N (None = auto)
 
 
 def resolve_preprocess(dataset, model_spec: str, override: str | None, ckpt_meta: dict):
@@ -205,6 +206,9 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
         )
     if spec.weights is not None:
         require_file(spec.weights, "checkpoint")
+    from edgekit.device import device_name, resolve_device
+
+    dev = resolve_device(spec.device)
     t0 = time.perf_counter()
     ds = load_dataset(spec.dataset, spec.data_dir)
     log(
@@ -230,7 +234,7 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
 
         epochs = spec.epochs if spec.epochs is not None else DEFAULT_EPOCHS
         cfg = TrainConfig(epochs=epochs, seed=spec.seed)
-        log(f"training {model_name} for {epochs} epochs (no --weights given)")
+        log(f"training {model_name} for {epochs} epochs on {dev} (no --weights given)")
         prog, bar = _rich_bar(show_progress and sys.stderr.isatty())
         with prog or contextlib.nullcontext():
             history = fit(
@@ -244,35 +248,62 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
                     f"{h['loss']:.3f}, train top-1 {h['train_top1']:.1f}%"
                 ),
                 bar=bar,
+                device=dev,
+                log=log,
             )
+        model.cpu()
     prune_record = None
     if spec.prune_ratio:
-        from edgekit.prune import PruneConfig, prune_and_finetune
-        from edgekit.train import TrainConfig
+        from edgekit.prune import PruneConfig, finetune_config, prune_and_finetune
 
         opts = dict(spec.prune_options)
-        ft_epochs = int(opts.pop("finetune_epochs", 2))
+        ft_minutes = opts.pop("finetune_minutes", None)
+        ft_epochs = opts.pop("finetune_epochs", None if ft_minutes else 2)
         distill = bool(opts.pop("distill", False))
         kd_features = float(opts.pop("kd_features", 0.0))
+        tcfg = finetune_config(
+            opts.pop("recipe", None),
+            ft_epochs,
+            ft_minutes,
+            opts.pop("lr", None),
+            seed=spec.seed,
+            kd_features=kd_features,
+        )
         pcfg = PruneConfig(ratio=spec.prune_ratio, **opts)
+        budget = [f"{ft_epochs} epoch(s)"] if ft_epochs is not None else []
+        budget += [f"at most {ft_minutes:g} min"] if ft_minutes else []
         log(
-            f"pruning {model_name}: ratio {spec.prune_ratio} ({pcfg.by}), then {ft_epochs} "
-            f"epoch(s) of fine-tuning{' with distillation' if distill else ''}"
+            f"pruning {model_name}: ratio {spec.prune_ratio} ({pcfg.by}), then "
+            f"{', '.join(budget)} of fine-tuning on {dev}{' with distillation' if distill else ''}"
         )
         res, ft_hist = prune_and_finetune(
             model,
             ds.split("train"),
             pre,
             pcfg,
-            TrainConfig(epochs=ft_epochs, lr=0.01, seed=spec.seed, kd_features=kd_features),
+            tcfg,
             ds.hflip,
             distill,
             log=log,
+            device=dev,
         )
         prune_record = {**res.to_dict(), "finetune_history": ft_hist}
+    trained = spec.weights is None or bool(prune_record and prune_record["finetune_history"])
+    train_device = device_name(dev) if trained else None
     try:
         _write_workspace(
-            ws, spec, ds, model, model_name, num_classes, pre, history, prune_record, t0, log
+            ws,
+            spec,
+            ds,
+            model,
+            model_name,
+            num_classes,
+            pre,
+            history,
+            prune_record,
+            t0,
+            log,
+            train_device,
         )
     except BaseException:
         # leave no half-made workspace that looks valid
@@ -285,7 +316,7 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
 
 
 def _write_workspace(
-    ws, spec, ds, model, model_name, num_classes, pre, history, prune_record, t0, log
+    ws, spec, ds, model, model_name, num_classes, pre, history, prune_record, t0, log, train_device
 ):
     from edgekit.export import export_onnx
     from edgekit.models import save_checkpoint
@@ -301,6 +332,7 @@ def _write_workspace(
         preprocess=pre.to_dict(),
         history=history or [],
         dataset=ds.name,
+        device=train_device,
     )
     x = pre.apply(ds.test.x[:64])
     check = export_onnx(
@@ -330,6 +362,7 @@ def _write_workspace(
             "export_check": check.to_dict(),
             "seed": spec.seed,
             "pruning": prune_record,
+            "train_device": train_device,
             "seconds": round(time.perf_counter() - t0, 1),
         },
     )
@@ -461,7 +494,8 @@ def _run(spec, ws: Workspace, chosen, cfg, threads, force, log, show_progress) -
     add_ratios(rows)
     report = {
         "schema": "edgekit-report/1",
-        "environment": environment(threads),
+        # where this run trained or fine-tuned (None: it only loaded weights)
+        "environment": {**environment(threads), "train_device": rec.get("train_device")},
         "config": cfg.to_dict(),
         "meta": {
             "dataset": rec["dataset"],

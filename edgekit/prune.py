@@ -439,7 +439,7 @@ def recalibrate_bn(
         split: a :class:`edgekit.data.Split` (uint8 NHWC ``x``).
         preprocess: the model's :class:`edgekit.preprocess.Preprocess`.
         augment: ``(crop padding, hflip)``: estimate on images augmented as in
-            training (:func:`edgekit.train.augment`) instead of un-augmented ones.
+            training (:func:`edgekit.augment.random_crop_flip`) instead of un-augmented ones.
 
     Returns:
         the number of images used (0 when the model has no BatchNorm).
@@ -456,15 +456,15 @@ def recalibrate_bn(
         m.momentum = None  # cumulative moving average
         m.train()
     device = next(model.parameters()).device
-    from edgekit.train import augment as aug
+    from edgekit.augment import random_crop_flip
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for i in range(0, len(idx), batch):
             xb = split.x[np.sort(idx[i : i + batch])]
-            if augment is not None:
-                t = aug(torch.from_numpy(xb).permute(0, 3, 1, 2), *augment, gen)
-                xb = t.permute(0, 2, 3, 1).contiguous().numpy()
+            if augment is not None:  # the training augmentation, the same batched code
+                t = random_crop_flip(torch.from_numpy(xb), *augment, gen, layout="NHWC")
+                xb = t.numpy()
             x = torch.from_numpy(preprocess.apply(xb))
             model(x.to(device))
     for m, (mom, tr) in zip(bns, saved, strict=True):
@@ -484,6 +484,7 @@ def prune_and_finetune(
     distill: bool = False,
     val_split=None,
     log=lambda *_: None,
+    device=None,
 ) -> tuple[PruneResult, list[dict]]:
     """Prune ``model`` in place and recover accuracy by fine-tuning (optionally with KD).
 
@@ -496,14 +497,23 @@ def prune_and_finetune(
     ones matched the running statistics within 0.1 point; docs/pruning.md).
     ``distill`` uses a frozen copy of the unpruned model as teacher
     (:func:`edgekit.train.kd_loss`). ``train_cfg`` None or ``epochs`` 0 means no
-    fine-tuning.
+    fine-tuning; ``train_cfg.time_budget_s`` bounds each fine-tuning phase in wall-clock
+    seconds (:func:`edgekit.train.fit`).
+
+    Pruning itself (torch-pruning's tracing) runs on the CPU; BN re-estimation and
+    fine-tuning run on ``device`` (a ``torch.device`` or ``auto|cpu|cuda|cuda:N``;
+    None = CPU) through the same :func:`edgekit.train.fit` and input pipeline as
+    ``edgekit train``. The model is returned on the CPU.
 
     Returns:
         ``(PruneResult, fine-tuning history)``.
     """
+    from edgekit.device import resolve_device
     from edgekit.train import TrainConfig, fit
 
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device or "cpu")
     train_cfg = train_cfg or TrainConfig(epochs=0)
+    model.cpu()
     teacher = copy.deepcopy(model).eval() if distill else None
     h, w = preprocess.height, preprocess.width
     example = torch.zeros(1, 3, h, w)
@@ -517,15 +527,33 @@ def prune_and_finetune(
     history: list[dict] = []
 
     def finetune(m, step):
+        m.to(dev)
         # the layers that lost input channels now see other activations: fresh statistics
         n = recalibrate_bn(m, train_split, preprocess, seed=train_cfg.seed)
         if n:
             log(f"  re-estimated BatchNorm statistics on {n} training images")
         if train_cfg.epochs > 0:
-            log(f"  fine-tuning {train_cfg.epochs} epoch(s) after step {step + 1}")
-            history.extend(
-                fit(m, train_split, preprocess, train_cfg, hflip, val_split, teacher=teacher)
+            mins = f"{train_cfg.time_budget_s / 60:g} min" if train_cfg.time_budget_s else ""
+            what = (
+                f"{train_cfg.epochs} epoch(s)" + (f", at most {mins}" if mins else "")
+                if train_cfg.epochs < 10**6 or not mins
+                else mins
             )
+            log(f"  fine-tuning {what} on {dev} after step {step + 1}")
+            history.extend(
+                fit(
+                    m,
+                    train_split,
+                    preprocess,
+                    train_cfg,
+                    hflip,
+                    val_split,
+                    teacher=teacher,
+                    device=dev,
+                    log=log,
+                )
+            )
+        m.cpu()  # the next pruning step traces with a CPU example
 
     res = prune_model(model, example, cfg, taylor, finetune, log)
     log(
@@ -538,6 +566,7 @@ def prune_and_finetune(
     if train_cfg.epochs > 0:
         # a short fine-tune leaves the running statistics behind the weights; estimate them
         # again on images augmented as in training (un-augmented ones cost accuracy)
+        model.to(dev)
         recalibrate_bn(
             model,
             train_split,
@@ -545,8 +574,48 @@ def prune_and_finetune(
             seed=train_cfg.seed,
             augment=(train_cfg.crop_padding, hflip),
         )
+        model.cpu()
     model.eval()
     return res, history
+
+
+FINETUNE_LR = 0.01  # fine-tuning a trained model: a tenth of the training lr
+
+
+def finetune_config(
+    recipe: str | None = None,
+    epochs: int | None = None,
+    minutes: float | None = None,
+    lr: float | None = None,
+    **overrides,
+):
+    """The :class:`edgekit.train.TrainConfig` of pruning's fine-tuning.
+
+    The recipe (:mod:`edgekit.recipes`) gives the optimizer, batch size and schedule;
+    the lr is ``lr`` or :data:`FINETUNE_LR` (not the recipe's training lr). ``minutes``
+    sets a wall-clock budget per fine-tuning phase (``time_budget_s``); with a budget
+    and no ``epochs``, the budget alone decides when to stop.
+
+    Raises:
+        EdgekitError: an unknown recipe, negative epochs, or a budget <= 0.
+    """
+    from edgekit.recipes import make_config
+
+    if epochs is not None and epochs < 0:
+        raise EdgekitError(f"--finetune-epochs must be >= 0, got {epochs}")
+    if minutes is not None and minutes <= 0:
+        raise EdgekitError(
+            f"--finetune-minutes must be > 0, got {minutes:g}", "e.g. --finetune-minutes 5"
+        )
+    if epochs is None:
+        epochs = 10**6 if minutes else 0
+    return make_config(
+        recipe,
+        epochs=epochs,
+        lr=FINETUNE_LR if lr is None else lr,
+        time_budget_s=minutes * 60 if minutes else None,
+        **overrides,
+    )
 
 
 def check_kd_features(kd_features: float, distill: bool) -> None:
@@ -568,10 +637,13 @@ def prune_checkpoint(
     *,
     model: str | None = None,
     data_dir: str | None = None,
-    finetune_epochs: int = 0,
-    lr: float = 0.01,
+    finetune_epochs: int | None = 0,
+    finetune_minutes: float | None = None,
+    lr: float | None = None,
+    recipe: str | None = None,
     distill: bool = False,
     kd_features: float = 0.0,
+    device: str | None = None,
     force: bool = False,
     log=print,
 ) -> PruneResult:
@@ -581,21 +653,27 @@ def prune_checkpoint(
     with ``weights_only=True`` via :func:`edgekit.models.load_model`.
 
     ``kd_features`` > 0 adds block-output distillation
-    (:class:`edgekit.train.FeatureDistill`) to ``distill``'s logits KD.
+    (:class:`edgekit.train.FeatureDistill`) to ``distill``'s logits KD. Fine-tuning:
+    :func:`finetune_config` (``finetune_epochs``, ``finetune_minutes``, ``lr``,
+    ``recipe``) on ``device`` (``auto|cpu|cuda|cuda:N``), which is recorded in the
+    checkpoint's metadata (``device``).
 
     Raises:
         EdgekitError: see :func:`prune_model`; ``out`` exists without ``force``;
-            ``kd_features`` without ``distill``.
+            ``kd_features`` without ``distill``; a CUDA device that is not there.
     """
     from edgekit.data import load_dataset
+    from edgekit.device import device_name, resolve_device
     from edgekit.fileio import check_writable
     from edgekit.models import load_model, save_checkpoint
     from edgekit.pipeline import resolve_preprocess
-    from edgekit.train import TrainConfig, evaluate
+    from edgekit.train import evaluate
 
+    dev = resolve_device(device)
     check_writable(out, force)
     cfg.validate()
     check_kd_features(kd_features, distill)
+    tcfg = finetune_config(recipe, finetune_epochs, finetune_minutes, lr, kd_features=kd_features)
     ds = load_dataset(dataset, data_dir)
     m, meta = load_model(model, weights, None if meta_has_classes(weights) else ds.num_classes)
     name = meta.get("model", model)
@@ -605,13 +683,16 @@ def prune_checkpoint(
         ds.split("train"),
         pre,
         cfg,
-        TrainConfig(epochs=finetune_epochs, lr=lr, kd_features=kd_features),
+        tcfg,
         ds.hflip,
         distill,
         log=log,
+        device=dev,
     )
-    top1 = evaluate(m, ds.test, pre)
-    log(f"test top-1 after pruning{' and fine-tuning' if finetune_epochs else ''}: {top1:.2f}%")
+    top1 = evaluate(m.to(dev), ds.test, pre, device=dev)
+    m.cpu()
+    tuned = " and fine-tuning" if hist else ""
+    log(f"test top-1 after pruning{tuned}: {top1:.2f}%")
     save_checkpoint(
         out,
         m,
@@ -622,6 +703,8 @@ def prune_checkpoint(
         preprocess=pre.to_dict(),
         dataset=ds.name,
         history=hist,
+        device=device_name(dev),
+        finetune_config=tcfg.to_dict(),
         pruning={**res.to_dict(), "test_top1": top1},
     )
     return res

@@ -3,7 +3,9 @@
 Recipe (defaults, all overridable): SGD, lr 0.1, momentum 0.9, weight decay
 5e-4 (Nesterov off), cosine schedule over the epochs, label smoothing 0.1,
 batch 128; augmentation RandomCrop(32, padding=4) and horizontal flip (no flip
-for digits), as in He et al. 2016 sec. 4.2.
+for digits), as in He et al. 2016 sec. 4.2, batched on the device
+(:mod:`edgekit.augment`). ``--recipe cifar-fast`` is the faster, stronger one of
+:mod:`edgekit.recipes`.
 
 Knowledge distillation (Hinton, Vinyals, Dean 2015, "Distilling the Knowledge
 in a Neural Network"): :func:`kd_loss` mixes the KL divergence between the
@@ -22,8 +24,8 @@ docs/pruning.md. :class:`FeatureDistill` documents the loss.
 :func:`train` is the full job behind ``edgekit train``: a seeded train/validation
 split held out from the training set (never the test set), a checkpoint every
 epoch (``last.pt``) and the best by validation top-1 (``best.pt``), ``--resume``,
-mixed precision on CUDA, DataLoader workers and pinned memory on GPU, rich
-progress bars, a PNG of loss/accuracy/learning-rate curves, and
+on CUDA the training set resident on the GPU (:mod:`edgekit.loader`), channels_last,
+bfloat16 autocast and optional ``torch.compile``, rich progress bars, a PNG of loss/accuracy/learning-rate curves, and
 DistributedDataParallel when launched with ``torchrun``::
 
     torchrun --nproc_per_node=4 -m edgekit train --device cuda ...
@@ -45,12 +47,28 @@ from torch import nn
 
 @dataclass
 class TrainConfig:
+    """Training settings; :func:`edgekit.recipes.make_config` fills them from a recipe.
+
+    ``nesterov``, ``decay_1d`` (weight decay also on 1-D parameters: BatchNorm weights
+    and biases) and ``warmup_epochs`` (linear warm-up of the lr, then cosine) are what
+    the ``cifar-fast`` recipe changes. ``compile`` wraps the model in
+    ``torch.compile``; ``channels_last`` and ``amp`` (bfloat16 autocast, float16 with a
+    GradScaler where bfloat16 is unsupported) apply on CUDA only. ``workers`` is kept for
+    old configurations and ignored: batches come from :class:`edgekit.loader.DeviceBatches`.
+    """
+
     epochs: int = 30
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    nesterov: bool = False
+    decay_1d: bool = True
+    warmup_epochs: float = 0.0
+    recipe: str = "default"
+    compile: bool = False
+    channels_last: bool = True
     seed: int = 0
     crop_padding: int = 4
     kd_alpha: float = 0.5
@@ -182,19 +200,15 @@ class FeatureDistill:
 def augment(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
     """RandomCrop(size, padding) with zero padding and optional horizontal flip.
 
+    Kept for callers of the old name: it is :func:`edgekit.augment.random_crop_flip`
+    (batched, one gather, no per-image loop).
+
     Args:
         x: uint8 or float [N, C, H, W]; returns the same dtype and shape.
     """
-    n, _, h, w = x.shape
-    if padding:
-        xp = F.pad(x, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
-        x = torch.stack([xp[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-    if hflip:
-        flip = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x
+    from edgekit.augment import random_crop_flip
+
+    return random_crop_flip(x, padding, hflip, gen)
 
 
 def to_input(x_uint8_nhwc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -215,17 +229,21 @@ def evaluate(model: nn.Module, split, preprocess, batch: int = 256, device=None)
     return 100.0 * correct / max(1, len(split))
 
 
-class _Batches(torch.utils.data.Dataset):
-    """uint8 NCHW images by index (augmentation happens per batch in the main process)."""
+def _compile_failed(e: BaseException):
+    from edgekit.errors import EdgekitError
 
-    def __init__(self, x, y):
-        self.x, self.y = x, y
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return EdgekitError(
+        f"--compile failed: torch.compile raised {type(e).__name__}: {first}",
+        "run without --compile (training is the same, only slower)",
+    )
 
-    def __len__(self):
-        return len(self.y)
 
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
+def _amp_dtype(device: torch.device, enabled: bool):
+    """bfloat16 on CUDA where supported, else float16 (needs a GradScaler); None = off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def fit(
@@ -242,8 +260,25 @@ def fit(
     resume: dict | None = None,
     on_epoch_end=None,
     bar=None,
+    log=None,
 ) -> list[dict]:
     """Train ``model`` in place; returns one history dict per epoch.
+
+    Batches come from :class:`edgekit.loader.DeviceBatches`: the uint8 training set
+    held on the device (or in pinned host memory when it does not fit), a seeded
+    permutation per epoch (sharded per rank under DistributedDataParallel), batched
+    crop + flip (:mod:`edgekit.augment`) and normalisation on the device.
+
+    Optimizer: SGD (``cfg.momentum``, ``cfg.nesterov``), weight decay on all
+    parameters or, with ``cfg.decay_1d`` False, not on 1-D ones
+    (:func:`edgekit.recipes.param_groups`); lr: ``cfg.warmup_epochs`` of linear
+    warm-up (at most half of the steps), then cosine to 0
+    (:func:`edgekit.recipes.lr_factor`).
+
+    On CUDA: channels_last (``cfg.channels_last``), bfloat16 autocast (float16 with a
+    GradScaler where bfloat16 is unsupported) when ``cfg.amp``; the KD teacher runs
+    under ``no_grad`` in the same autocast. ``cfg.compile``: ``torch.compile`` the model
+    (on any device).
 
     Args:
         train_split: :class:`edgekit.data.Split` of uint8 images.
@@ -252,133 +287,177 @@ def fit(
         teacher: optional frozen model; the loss becomes :func:`kd_loss` with
             ``cfg.kd_alpha`` and ``cfg.kd_temperature``, plus ``cfg.kd_features`` times
             :class:`FeatureDistill` on ``cfg.kd_feature_layers`` when that weight is > 0.
-        device: ``cpu`` (default) or ``cuda``; AMP (bfloat16/float16 autocast) on CUDA
-            when ``cfg.amp``.
+        device: a ``torch.device`` or ``auto|cpu|cuda|cuda:N``
+            (:func:`edgekit.device.resolve_device`); None = CPU.
         resume: a state from ``on_epoch_end`` (``epoch``, ``optimizer``, ``scheduler``,
             ``history``) to continue from.
         on_epoch_end: ``(epoch, entry, state)`` called after every epoch, with the
             state a resume needs (used for checkpoints).
         bar: optional ``(total_steps) -> callable(advance, description)`` progress factory.
+        log: optional callable for notes (where the training set is kept).
+
+    Each history entry: ``epoch``, ``loss``, ``train_top1`` (%), ``lr``, ``seconds``
+    (since the start), ``images_per_s`` (this epoch), ``device``, and ``val_top1``
+    with a ``val_split``.
 
     With ``cfg.time_budget_s``, the cosine schedule runs over wall-clock time instead of
     steps and training stops when the budget is spent (a CPU-sized fine-tuning budget).
+
+    Raises:
+        EdgekitError: a bad device spec or unavailable CUDA device; ``cfg.compile`` and
+            ``torch.compile`` failed (the message says to run without ``--compile``).
     """
-    device = torch.device(device or "cpu")
+    from edgekit.device import resolve_device
+    from edgekit.loader import DeviceBatches
+    from edgekit.recipes import lr_factor, param_groups
+
+    if device is None:
+        device = torch.device("cpu")
+    elif isinstance(device, str):
+        device = resolve_device(device)
+    else:
+        device = torch.device(device)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    mean = torch.tensor(preprocess.mean, device=device)
-    std = torch.tensor(preprocess.std, device=device)
-    x_all = torch.from_numpy(train_split.x).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
-    y_all = torch.from_numpy(np.asarray(train_split.y, dtype=np.int64))
-    model.to(device)
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    inner = model.module if ddp else model
+    rank, world = 0, 1
+    if ddp and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda and cfg.channels_last else torch.preserve_format
+    model.to(device, memory_format=fmt) if cuda else model.to(device)
+    batches = DeviceBatches(
+        train_split.x,
+        train_split.y,
+        device,
+        cfg.batch_size,
+        preprocess.mean,
+        preprocess.std,
+        padding=cfg.crop_padding,
+        hflip=hflip,
+        seed=cfg.seed,
+        rank=rank,
+        world=world,
+        channels_last=fmt is torch.channels_last,
+        log=log or print,
+    )
     feats = None
     if teacher is not None:
-        teacher.to(device).eval()
+        teacher.to(device, memory_format=fmt) if cuda else teacher.to(device)
+        teacher.eval()
         if cfg.kd_features > 0:
-            inner = (
-                model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-            )
             feats = FeatureDistill(inner, teacher, cfg.kd_feature_layers)
     opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        param_groups(model, cfg.weight_decay, cfg.decay_1d),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
     )
-    per_epoch = int(np.ceil(len(y_all) / cfg.batch_size))
+    per_epoch = batches.steps_per_epoch()
     steps = cfg.epochs * per_epoch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    # a run shorter than twice the warm-up still ends with its cosine decay to 0
+    warm = min(int(round(cfg.warmup_epochs * per_epoch)), steps // 2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warm))
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     history: list[dict] = []
     start = 0
     if resume:
         opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
+        st = dict(resume["scheduler"])
+        if "lr_lambdas" in st:
+            sched.load_state_dict(st)
+        else:  # written by CosineAnnealingLR before the recipes: the step count is enough
+            sched.last_epoch = int(st["last_epoch"])
         history = list(resume.get("history", []))
         start = int(resume["epoch"])
-        gen.manual_seed(cfg.seed + start)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    sampler = None
-    loader = None
-    if device.type == "cuda" or ddp:
-        ds = _Batches(x_all, y_all)
-        if ddp:
-            sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=cfg.seed)
-        loader = torch.utils.data.DataLoader(
-            ds,
-            batch_size=cfg.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            num_workers=cfg.workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=cfg.workers > 0,
-            drop_last=False,
-        )
+    amp_dtype = _amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+    net = model
+    if cfg.compile:
+        try:
+            net = torch.compile(model)
+        except Exception as e:  # torch.compile itself refused (e.g. unsupported Python)
+            raise _compile_failed(e) from None
+    uncompiled_step = cfg.compile  # compilation happens on the first call
+
+    def step(xb, yb):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = net(xb)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_out = teacher(xb)
+                loss = kd_loss(
+                    out.float(),
+                    t_out.float(),
+                    yb,
+                    cfg.kd_alpha,
+                    cfg.kd_temperature,
+                    cfg.label_smoothing,
+                )
+                if feats is not None:
+                    loss = loss + cfg.kd_features * feats.loss()
+            else:
+                loss = crit(out.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return out, loss
+
     try:
         t0 = time.perf_counter()
         out_of_time = False
         advance = bar(steps - start * per_epoch) if bar else None
+        gstep = start * per_epoch
         for epoch in range(start, cfg.epochs):
             model.train()
-            tot_loss, tot_correct, seen = 0.0, 0, 0
-            if loader is not None:
-                if sampler is not None:
-                    sampler.set_epoch(epoch)
-                batches = iter(loader)
-            else:
-                perm = torch.randperm(len(y_all), generator=gen)
-                batches = (
-                    (x_all[perm[i : i + cfg.batch_size]], y_all[perm[i : i + cfg.batch_size]])
-                    for i in range(0, len(perm), cfg.batch_size)
-                )
-            for xb, yb in batches:
-                xb = augment(xb, cfg.crop_padding, hflip, gen)
-                xb = xb.to(device, non_blocking=True)
-                yb = yb.to(device, non_blocking=True)
-                xb = (xb.float() / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
+            t_epoch = time.perf_counter()
+            tot_loss = torch.zeros((), device=device)
+            tot_correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            for xb, yb in batches.epoch(epoch):
                 if cfg.time_budget_s:
                     frac = min(1.0, (time.perf_counter() - t0) / cfg.time_budget_s)
+                    f = (gstep + 1) / warm if gstep < warm else 0.5 * (1 + math.cos(math.pi * frac))
                     for g in opt.param_groups:
-                        g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * frac))
-                with torch.autocast(device.type, enabled=use_amp):
-                    out = model(xb)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            t_out = teacher(xb)
-                        loss = kd_loss(
-                            out.float(),
-                            t_out.float(),
-                            yb,
-                            cfg.kd_alpha,
-                            cfg.kd_temperature,
-                            cfg.label_smoothing,
-                        )
-                        if feats is not None:
-                            loss = loss + cfg.kd_features * feats.loss()
-                    else:
-                        loss = crit(out.float(), yb)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                        g["lr"] = cfg.lr * f
+                if uncompiled_step:
+                    try:
+                        out, loss = step(xb, yb)
+                    except (KeyboardInterrupt, torch.OutOfMemoryError):
+                        raise
+                    except Exception as e:
+                        from edgekit.errors import EdgekitError
+
+                        if isinstance(e, EdgekitError):
+                            raise
+                        raise _compile_failed(e) from None
+                    uncompiled_step = False
+                else:
+                    out, loss = step(xb, yb)
                 if not cfg.time_budget_s:
                     sched.step()
-                tot_loss += loss.item() * len(yb)
-                tot_correct += int((out.argmax(1) == yb).sum())
+                gstep += 1
+                # accumulate on the device: no host synchronisation per step
+                tot_loss += loss.detach().float() * len(yb)
+                tot_correct += (out.argmax(1) == yb).sum()
                 seen += len(yb)
                 if advance:
-                    advance(1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f}")
+                    advance(1, f"epoch {epoch + 1}/{cfg.epochs}")
                 if cfg.time_budget_s and time.perf_counter() - t0 >= cfg.time_budget_s:
                     out_of_time = True
                     break
+            took = time.perf_counter() - t_epoch
             entry = {
                 "epoch": epoch + 1,
-                "loss": tot_loss / max(1, seen),
-                "train_top1": 100.0 * tot_correct / max(1, seen),
+                "loss": float(tot_loss) / max(1, seen),
+                "train_top1": 100.0 * int(tot_correct) / max(1, seen),
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": round(time.perf_counter() - t0, 1),
+                "images_per_s": round(seen / max(took, 1e-9), 1),
+                "device": str(device),
             }
             if val_split is not None:
-                inner = model.module if ddp else model
                 entry["val_top1"] = evaluate(inner, val_split, preprocess, device=device)
             history.append(entry)
             if progress:
@@ -400,6 +479,10 @@ def fit(
         if feats is not None:
             feats.close()
     model.eval()
+    if cuda and fmt is torch.channels_last:
+        model.to(memory_format=torch.contiguous_format)  # checkpoints and export as usual
+        if teacher is not None:
+            teacher.to(memory_format=torch.contiguous_format)
     return history
 
 
@@ -497,12 +580,17 @@ def train(
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
     DistributedDataParallel (NCCL on CUDA, Gloo on CPU); rank 0 writes the files.
 
+    ``device``: ``auto|cpu|cuda|cuda:N`` (:func:`edgekit.device.resolve_device`); it is
+    recorded in both checkpoints' metadata (``device``) and in every history entry.
+
     Returns:
-        ``{"best": path, "best_val_top1": float, "test_top1": float, "history": [...]}``.
+        ``{"best": path, "best_val_top1": float, "test_top1": float, "history": [...],
+        "device": str}``.
 
     Raises:
         EdgekitError: bad dataset/model, an existing ``out_dir`` without ``--force``
-            or ``--resume``, a missing checkpoint to resume from.
+            or ``--resume``, a missing checkpoint to resume from, a CUDA device that is
+            not there, ``cfg.compile`` where ``torch.compile`` fails.
     """
     from edgekit.data import load_dataset
     from edgekit.errors import EdgekitError
@@ -519,17 +607,20 @@ def train(
         raise EdgekitError(
             f"{out_dir} already holds checkpoints", "pass --resume to continue or --force"
         )
+    from edgekit.device import device_name, resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     if world > 1:
         import torch.distributed as dist
 
-        dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
-        if dev.startswith("cuda"):
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
-            dev = f"cuda:{local}"
+            dev = torch.device("cuda", local)
+    log(f"training on {device_name(dev)} ({cfg.recipe} recipe)")
     ds = load_dataset(dataset, data_dir)
     if ds.train is None:
         raise EdgekitError(f"dataset {dataset} has no training split")
@@ -556,15 +647,19 @@ def train(
         log(f"resuming from {last} at epoch {state['epoch']}")
     out_dir.mkdir(parents=True, exist_ok=True)
     net: nn.Module = model.to(dev)
+    if dev.type == "cuda" and cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)  # before DDP builds its buckets
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[torch.device(dev).index] if dev.startswith("cuda") else None
+            net, device_ids=[dev.index] if dev.type == "cuda" else None
         )
     common = {
         "classes": list(ds.classes),
         "preprocess": pre.to_dict(),
         "dataset": ds.name,
         "train_config": cfg.to_dict(),
+        "device": device_name(dev),
+        "world_size": world,
     }
 
     def on_epoch_end(epoch, entry, st):
@@ -613,6 +708,7 @@ def train(
             resume=state,
             on_epoch_end=on_epoch_end,
             bar=factory,
+            log=log,
         )
     finally:
         if prog:
@@ -629,4 +725,5 @@ def train(
         "best_val_top1": best_val,
         "test_top1": test_top1,
         "history": history,
+        "device": device_name(dev),
     }

@@ -222,3 +222,40 @@ def test_recalibrate_bn_on_augmented_images_sees_the_crop_padding():
         plain = m.conv1(torch.from_numpy(pre.apply(split.x)))
     torch.testing.assert_close(m.bn1.running_mean, a.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(m.bn1.running_mean, plain.mean((0, 2, 3)), atol=1e-3)
+
+
+def test_finetune_budget_in_minutes_and_the_device_are_recorded(tiny_npz, tmp_path):
+    import time
+
+    from edgekit.models import read_checkpoint
+    from edgekit.prune import finetune_config, prune_checkpoint
+
+    # the CLI's two budgets: epochs, or wall-clock minutes with as many epochs as fit
+    cfg = finetune_config(None, None, 0.05)
+    assert cfg.time_budget_s == 3.0 and cfg.epochs >= 10**6 and cfg.lr == 0.01
+    assert finetune_config("cifar-fast", 2, None, 0.03).nesterov
+    assert finetune_config(None, 2, None).time_budget_s is None
+    with pytest.raises(EdgekitError, match="--finetune-minutes must be > 0"):
+        finetune_config(None, None, 0)
+
+    src = tmp_path / "m.pt"
+    save_checkpoint(src, build_model("resnet8", 10), "resnet8", 10)
+    t = time.perf_counter()
+    prune_checkpoint(
+        str(src),
+        str(tmp_path / "p.pt"),
+        f"npz:{tiny_npz}",
+        PruneConfig(ratio=0.5, round_to=1),
+        finetune_epochs=None,
+        finetune_minutes=0.05,
+        device="auto",
+        log=lambda *_: None,
+    )
+    took = time.perf_counter() - t
+    meta = read_checkpoint(tmp_path / "p.pt")
+    want = "cpu" if not torch.cuda.is_available() else meta["device"]
+    assert meta["device"] == want
+    hist = meta["history"]
+    # the budget, not an epoch count, ended fine-tuning: many tiny epochs in about 3 s
+    assert len(hist) > 3 and 2.5 <= hist[-1]["seconds"] < 6 and took < 30
+    assert meta["finetune_config"]["time_budget_s"] == 3.0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
 
 def test_run_with_prune_ratio_builds_and_benches_every_available_target(tiny_npz, tmp_path):
@@ -47,6 +48,10 @@ def test_run_with_prune_ratio_builds_and_benches_every_available_target(tiny_npz
     rows = run(spec, work, cfg=cfg, threads=1, target_files=overrides, log=lambda *_: None)
 
     rec = json.loads((work / "edgekit.json").read_text())
+    # fine-tuning ran (device auto: the CPU here), and the report says where
+    report = json.loads((work / "report.json").read_text())
+    want = "cpu" if not torch.cuda.is_available() else rec["train_device"]
+    assert rec["train_device"] == want and report["environment"]["train_device"] == want
     assert rec["pruning"]["after"]["macs"] < 0.56 * rec["pruning"]["before"]["macs"]
     assert rec["export_check"]["passed"]
     # the exported graph carries the physically smaller convolutions: ResNet-8's 3x3
