@@ -140,15 +140,15 @@ def speed(args) -> dict:
 
 def accuracy(args) -> dict:
     from edgekit.data import load_dataset
-    from edgekit.models import load_model
-    from edgekit.pipeline import resolve_preprocess
+    from edgekit.models import load_model, model_normalization
+    from edgekit.preprocess import resolve_preprocess
     from edgekit.prune import PruneConfig, parse_layer_ratios, prune_model, recalibrate_bn
     from edgekit.train import TrainConfig, evaluate, fit
 
     torch.set_num_threads(args.threads)
     ds = load_dataset(f"npz:{SHARED / 'data' / 'cifar10'}")
     teacher, meta = load_model("resnet20", SHARED / "models" / "resnet20-12fca82f.th", 10)
-    pre = resolve_preprocess(ds, "resnet20", None, meta)
+    pre = resolve_preprocess(ds, model_normalization("resnet20"), None, meta)
     wall0 = time.perf_counter()
     train = ds.train
     if args.train_subset:

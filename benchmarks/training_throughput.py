@@ -102,8 +102,7 @@ def training_images(n: int):
 def measure(model_name: str, device, a) -> dict:
     from edgekit.models import build_model
     from edgekit.preprocess import Preprocess
-    from edgekit.recipes import make_config
-    from edgekit.train import fit
+    from edgekit.train import fit, make_config
 
     split, src = training_images(a.steps * a.batch_size)
     pre = Preprocess(32, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))

@@ -606,8 +606,7 @@ def train_cmd(
 ):
     """Train with a CIFAR recipe; keeps OUT/best.pt (by validation top-1), OUT/last.pt
     and OUT/curves.png. Multi-GPU: torchrun --nproc_per_node=N -m edgekit train ..."""
-    from edgekit.recipes import make_config
-    from edgekit.train import train
+    from edgekit.train import make_config, train
 
     _at_least("--epochs", epochs, 0)
     _at_least("--batch-size", batch_size, 1)

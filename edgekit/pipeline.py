@@ -152,22 +152,6 @@ class ModelSpec:
     device: str | None = None  # training/fine-tuning device: auto|cpu|cuda|cuda:N (None = auto)
 
 
-def resolve_preprocess(dataset, model_spec: str, override: str | None, ckpt_meta: dict):
-    """Preprocessing precedence: ``--norm`` > the checkpoint's > the model's > the dataset's."""
-    from edgekit.models import model_normalization
-    from edgekit.preprocess import Preprocess, parse_normalization
-
-    h, w = dataset.image_size
-    if override:
-        mean, std = parse_normalization(override)
-        return Preprocess(h, w, mean, std)
-    if ckpt_meta.get("preprocess"):
-        return Preprocess.from_dict(ckpt_meta["preprocess"])
-    norm = model_normalization(model_spec) or dataset.normalization
-    mean, std = parse_normalization(norm) if isinstance(norm, str) else norm
-    return Preprocess(h, w, tuple(mean), tuple(std))
-
-
 def load_workspace_dataset(rec: dict, dataset: str | None = None, data_dir: str | None = None):
     from edgekit.data import load_dataset
 
@@ -193,7 +177,8 @@ def prepare(
 
 def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bool) -> Workspace:
     from edgekit.data import load_dataset
-    from edgekit.models import load_model
+    from edgekit.models import load_model, model_normalization
+    from edgekit.preprocess import resolve_preprocess
 
     if spec.epochs is not None and spec.epochs < 0:  # -1 would export an untrained model
         raise EdgekitError(f"--epochs must be at least 0, got {spec.epochs}")
@@ -227,7 +212,7 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
         None if spec.weights and not spec.num_classes and not spec.model else num_classes,
     )
     model_name = meta.get("model", model_arg)
-    pre = resolve_preprocess(ds, model_name, spec.normalization, meta)
+    pre = resolve_preprocess(ds, model_normalization(model_name), spec.normalization, meta)
     history = meta.get("history")
     if spec.weights is None:
         from edgekit.train import TrainConfig, _rich_bar, fit

@@ -154,3 +154,31 @@ def parse_normalization(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]
             f"use one of {', '.join(NORMALIZATIONS)} or 'm1,m2,m3/s1,s2,s3' (std > 0)",
         )
     return mean, std
+
+
+def resolve_preprocess(
+    dataset, model_norm, override: str | None, ckpt_meta: dict | None
+) -> Preprocess:
+    """The preprocessing of a model: ``--norm`` > the checkpoint's > the model's > the dataset's.
+
+    Args:
+        dataset: an :class:`edgekit.data.Dataset` (its ``image_size`` (H, W) in pixels
+            and ``normalization``, a name or a ``(mean, std)`` pair).
+        model_norm: the normalization the model's public weights were trained with
+            (:func:`edgekit.models.model_normalization`), or None.
+        override: the user's ``--norm`` (see :func:`parse_normalization`), or None.
+        ckpt_meta: an edgekit checkpoint's metadata; its ``preprocess`` record wins
+            over the model's and the dataset's defaults.
+
+    Raises:
+        EdgekitError: a malformed ``--norm`` or checkpoint record.
+    """
+    h, w = dataset.image_size
+    if override:
+        mean, std = parse_normalization(override)
+        return Preprocess(h, w, mean, std)
+    if ckpt_meta and ckpt_meta.get("preprocess"):
+        return Preprocess.from_dict(ckpt_meta["preprocess"])
+    norm = model_norm or dataset.normalization
+    mean, std = parse_normalization(norm) if isinstance(norm, str) else norm
+    return Preprocess(h, w, tuple(mean), tuple(std))

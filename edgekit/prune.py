@@ -599,7 +599,7 @@ def finetune_config(
     Raises:
         EdgekitError: an unknown recipe, negative epochs, or a budget <= 0.
     """
-    from edgekit.recipes import make_config
+    from edgekit.train import make_config
 
     if epochs is not None and epochs < 0:
         raise EdgekitError(f"--finetune-epochs must be >= 0, got {epochs}")
@@ -665,8 +665,8 @@ def prune_checkpoint(
     from edgekit.data import load_dataset
     from edgekit.device import device_name, resolve_device
     from edgekit.fileio import check_writable
-    from edgekit.models import load_model, save_checkpoint
-    from edgekit.pipeline import resolve_preprocess
+    from edgekit.models import load_model, model_normalization, save_checkpoint
+    from edgekit.preprocess import resolve_preprocess
     from edgekit.train import evaluate
 
     dev = resolve_device(device)
@@ -677,7 +677,7 @@ def prune_checkpoint(
     ds = load_dataset(dataset, data_dir)
     m, meta = load_model(model, weights, None if meta_has_classes(weights) else ds.num_classes)
     name = meta.get("model", model)
-    pre = resolve_preprocess(ds, name, None, meta)
+    pre = resolve_preprocess(ds, model_normalization(name), None, meta)
     res, hist = prune_and_finetune(
         m,
         ds.split("train"),

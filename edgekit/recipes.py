@@ -13,15 +13,14 @@ cosine to 0, label smoothing 0.1, 150 epochs. Excluding normalisation parameters
 weight decay follows Goyal et al. 2017 ("Accurate, Large Minibatch SGD", sec. 5.1:
 "no weight decay on gamma and beta") and the warm-up follows the same paper (sec. 2.2).
 
-Explicit options override a recipe's values: :func:`make_config` takes them as keyword
-arguments and ignores the ones that are None.
+Explicit options override a recipe's values: :func:`edgekit.train.make_config` takes them as
+keyword arguments and ignores the ones that are None. This module does not import
+:mod:`edgekit.train` (no import cycle): it holds plain data and functions.
 """
 
 from __future__ import annotations
 
 import math
-
-from edgekit.errors import EdgekitError
 
 RECIPES: dict[str, dict] = {
     "default": {
@@ -47,25 +46,6 @@ RECIPES: dict[str, dict] = {
         "label_smoothing": 0.1,
     },
 }
-
-
-def make_config(recipe: str | None = "default", **overrides):
-    """A :class:`edgekit.train.TrainConfig` from a named recipe plus explicit values.
-
-    Args:
-        recipe: a key of :data:`RECIPES` (None = ``default``).
-        overrides: TrainConfig fields; the ones that are None keep the recipe's value.
-
-    Raises:
-        EdgekitError: an unknown recipe.
-    """
-    from edgekit.train import TrainConfig
-
-    name = recipe or "default"
-    if name not in RECIPES:
-        raise EdgekitError(f"unknown recipe {name!r}", f"use one of {', '.join(sorted(RECIPES))}")
-    values = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(recipe=name, **values)
 
 
 def param_groups(model, weight_decay: float, decay_1d: bool = True) -> list[dict]:

@@ -44,10 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekit.errors import EdgekitError
+
 
 @dataclass
 class TrainConfig:
-    """Training settings; :func:`edgekit.recipes.make_config` fills them from a recipe.
+    """Training settings; :func:`make_config` fills them from a recipe.
 
     ``nesterov``, ``decay_1d`` (weight decay also on 1-D parameters: BatchNorm weights
     and biases) and ``warmup_epochs`` (linear warm-up of the lr, then cosine) are what
@@ -81,6 +83,25 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def make_config(recipe: str | None = "default", **overrides):
+    """A :class:`edgekit.train.TrainConfig` from a named recipe plus explicit values.
+
+    Args:
+        recipe: a key of :data:`RECIPES` (None = ``default``).
+        overrides: TrainConfig fields; the ones that are None keep the recipe's value.
+
+    Raises:
+        EdgekitError: an unknown recipe.
+    """
+    from edgekit.recipes import RECIPES
+
+    name = recipe or "default"
+    if name not in RECIPES:
+        raise EdgekitError(f"unknown recipe {name!r}", f"use one of {', '.join(sorted(RECIPES))}")
+    values = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(recipe=name, **values)
 
 
 def kd_loss(
@@ -594,8 +615,8 @@ def train(
     """
     from edgekit.data import load_dataset
     from edgekit.errors import EdgekitError
-    from edgekit.models import load_model, read_checkpoint, save_checkpoint
-    from edgekit.pipeline import resolve_preprocess
+    from edgekit.models import load_model, model_normalization, read_checkpoint, save_checkpoint
+    from edgekit.preprocess import resolve_preprocess
 
     quiet = log is None
     log = log or (lambda *_: None)
@@ -633,7 +654,7 @@ def train(
         None if resume else model_spec, src, None if resume else ds.num_classes
     )
     model_name = meta.get("model", model_spec)
-    pre = resolve_preprocess(ds, model_name, normalization, meta)
+    pre = resolve_preprocess(ds, model_normalization(model_name), normalization, meta)
     train_split, val_split = split_train_val(ds.train, val_fraction, cfg.seed)
     teacher = None
     if teacher_weights:

@@ -61,8 +61,7 @@ def test_fit_on_cuda_with_amp_kd_and_channels_last(tiny_npz):
     import copy
 
     from edgekit.models import build_model
-    from edgekit.recipes import make_config
-    from edgekit.train import fit
+    from edgekit.train import fit, make_config
 
     ds, pre = _tiny(tiny_npz)
     torch.manual_seed(0)
@@ -80,8 +79,7 @@ def test_fit_on_cuda_with_amp_kd_and_channels_last(tiny_npz):
 def test_compile_on_cuda_runs_or_says_so(tiny_npz):
     from edgekit.errors import EdgekitError
     from edgekit.models import build_model
-    from edgekit.recipes import make_config
-    from edgekit.train import fit
+    from edgekit.train import fit, make_config
 
     ds, pre = _tiny(tiny_npz)
     cfg = make_config("cifar-fast", epochs=1, batch_size=16, compile=True)

@@ -213,7 +213,8 @@ def test_loader_shards_like_distributed_sampler_and_normalises():
 
 def test_recipes_param_groups_and_lr_schedule():
     from edgekit.models import build_model
-    from edgekit.recipes import lr_factor, make_config, param_groups
+    from edgekit.recipes import lr_factor, param_groups
+    from edgekit.train import make_config
 
     fast = make_config("cifar-fast")
     assert (fast.epochs, fast.batch_size, fast.lr, fast.nesterov, fast.decay_1d) == (
@@ -267,8 +268,7 @@ def test_fit_follows_the_recipe_schedule_and_compile_failure_is_one_error(tiny_n
 
     from edgekit.errors import EdgekitError
     from edgekit.models import build_model
-    from edgekit.recipes import make_config
-    from edgekit.train import fit
+    from edgekit.train import fit, make_config
 
     ds, pre = _tiny(tiny_npz)
     cfg = make_config("cifar-fast", epochs=3, batch_size=16, lr=0.1, warmup_epochs=1)
