@@ -45,6 +45,18 @@ def _at_least(option: str, value, low) -> None:
         raise EdgekitError(f"{option} must be at least {low}, got {value}")
 
 
+def _at_most(option: str, value, high) -> None:
+    """Refuse ``value`` above ``high`` with one error line, before any heavy work."""
+    if value is not None and value > high:
+        raise EdgekitError(f"{option} must be at most {high}, got {value}")
+
+
+#: Bounds of the benchmark rules: a larger value would run for days or exhaust memory.
+MAX_MIN_QUERIES = 10_000_000
+MAX_MIN_DURATION_S = 3600.0
+MAX_BATCH = 65536
+
+
 def _exit_status(rows: list[dict], unavailable_counts: bool = True) -> int:
     """0 when every row is ok; 1 when a row failed (or, if it counts, is unavailable)."""
     bad = {"failed", "unavailable"} if unavailable_counts else {"failed"}
@@ -97,7 +109,13 @@ def _bench_config(
     from edgekit.harness import BenchConfig
 
     _at_least("--min-queries", min_queries, 1)
-    _at_least("--min-duration", min_duration, 0)
+    _at_most("--min-queries", min_queries, MAX_MIN_QUERIES)
+    if min_duration is not None and not 0 <= min_duration <= MAX_MIN_DURATION_S:  # NaN too
+        raise EdgekitError(
+            f"--min-duration must be a number of seconds in [0, {MAX_MIN_DURATION_S}], "
+            f"got {min_duration}",
+            "e.g. --min-duration 10 (inf or nan would never end, or never measure)",
+        )
     cfg = BenchConfig.quick() if quick else BenchConfig()
     if min_queries is not None:
         cfg.min_queries = min_queries
@@ -110,8 +128,13 @@ def _bench_config(
             raise EdgekitError(
                 f"--batch-sizes must be integers like 1,8,32, got {batch_sizes!r}"
             ) from None
-        if min(cfg.batch_sizes) < 1:
-            raise EdgekitError("batch sizes must be at least 1")
+        if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+            raise EdgekitError(f"--batch-sizes must be at least 1, got {batch_sizes!r}")
+        if max(cfg.batch_sizes) > MAX_BATCH:
+            raise EdgekitError(
+                f"--batch-sizes {max(cfg.batch_sizes)} is above the limit of {MAX_BATCH}",
+                "measure throughput at smaller batches, e.g. 1,8,32,128",
+            )
     return cfg
 
 

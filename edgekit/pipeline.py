@@ -64,9 +64,11 @@ class Workspace:
 
         Raises:
             EdgekitError: ``target`` is not a plain name, so the path would not be a
-                directory directly inside ``WORK/artifacts`` (``..``, ``/abs``, ``""``).
+                directory directly inside ``WORK/artifacts`` (``..``, ``/abs``, ``""``),
+                or ``WORK/artifacts`` (or the artifact) is a symbolic link leading out
+                of the work directory.
         """
-        return contained(self.artifacts, target, "target name", component=True)
+        return contained(self.artifacts, target, "target name", component=True, within=self.root)
 
     def lock(self):
         """The work directory's advisory lock (:func:`edgekit.fileio.workdir_lock`)."""
@@ -94,7 +96,7 @@ class Workspace:
             )
         try:
             return json.loads(self.record_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
             raise EdgekitError(
                 f"cannot read {self.record_path}: {e}",
                 "re-create the work directory with: edgekit export --force",
@@ -414,7 +416,7 @@ def build(
 
     target = get_target(target_name, target_files)
     out = (
-        contained(ws.onnx_for_tensorrt, target.name, "target name", component=True)
+        contained(ws.onnx_for_tensorrt, target.name, "target name", component=True, within=ws.root)
         if onnx_only
         else ws.artifact_dir(target.name)
     )
