@@ -228,7 +228,7 @@ def check_manifest(m: dict, mpath: Path) -> None:
     classes = m.get("classes")
     if classes and isinstance(n_out, int) and len(classes) != n_out:
         raise EdgekitError(
-            f"{where}: classes names {len(classes)} classes but io.output_shape[1] is {n_out}",
+            f"{where}: classes lists {len(classes)} names but io.output_shape[1] is {n_out}",
             rebuild,
         )
     b = m["io"].get("batch")

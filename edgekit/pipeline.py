@@ -94,13 +94,21 @@ class Workspace:
                 f"{self.root} is not an edgekit work directory (no {RECORD})",
                 "create one with: edgekit export --work-dir DIR ...",
             )
+        hint = "re-create the work directory with: edgekit export --force"
         try:
-            return json.loads(self.record_path.read_text())
+            rec = json.loads(self.record_path.read_text())
         except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise EdgekitError(f"cannot read {self.record_path}: {e}", hint) from None
+        from edgekit.schema import validate
+
+        validate(rec, record_schema(), str(self.record_path), hint=hint)
+        if rec.get("num_classes") is not None and rec["num_classes"] != len(rec["classes"]):
             raise EdgekitError(
-                f"cannot read {self.record_path}: {e}",
-                "re-create the work directory with: edgekit export --force",
-            ) from None
+                f"{self.record_path}: classes lists {len(rec['classes'])} names but "
+                f"num_classes is {rec['num_classes']}",
+                hint,
+            )
+        return rec
 
     def check_onnx(self) -> None:
         """Refuse a missing, truncated or garbage ``WORK/model.onnx`` with one error line.
@@ -129,6 +137,35 @@ class Workspace:
                 f"{self.onnx} is not a valid ONNX model (truncated or corrupt: {first[:200]})",
                 hint,
             ) from None
+
+
+def record_schema():
+    """The :mod:`edgekit.schema` spec of ``WORK/edgekit.json`` (fields that change behaviour).
+
+    ``dataset`` and ``data_dir`` say where the test and calibration images come
+    from, ``classes`` and ``preprocess`` feed every artifact's manifest, ``seed``
+    the calibration sampler; informational fields (export check, history) are
+    tables or values of any type.
+    """
+    from edgekit.data import MAX_LABEL
+    from edgekit.preprocess import preprocess_schema
+    from edgekit.schema import Dict, Int, ListOf, Num, Str
+
+    return Dict(
+        {
+            "dataset": Str(r"[^\x00]{1,4096}", required=True),
+            "data_dir": Str(r"[^\x00]{1,4096}", nullable=True),
+            "model": Str(r"[^\x00]{1,256}", nullable=True),
+            "num_classes": Int(min=1, max=MAX_LABEL + 1, nullable=True),
+            "classes": ListOf(Str(), min_items=1, max_items=MAX_LABEL + 1, required=True),
+            "preprocess": preprocess_schema(required=True),
+            "weights": Str(nullable=True),
+            "seed": Int(min=0, max=2**32 - 1, nullable=True),
+            "train_device": Str(nullable=True),
+            "seconds": Num(min=0, nullable=True),
+        },
+        extra=True,
+    )
 
 
 @dataclass
@@ -171,9 +208,17 @@ def resolve_preprocess(dataset, model_spec: str, override: str | None, ckpt_meta
 
 
 def load_workspace_dataset(rec: dict, dataset: str | None = None, data_dir: str | None = None):
+    """The dataset of a workspace record (or the user's ``dataset``/``data_dir``).
+
+    A dataset named by the record is never downloaded: it was loaded when the work
+    directory was made, and a path read from a file must not choose where edgekit
+    writes (an edited ``data_dir`` would otherwise receive a download).
+    """
     from edgekit.data import load_dataset
 
-    return load_dataset(dataset or rec["dataset"], data_dir or rec.get("data_dir"))
+    return load_dataset(
+        dataset or rec["dataset"], data_dir or rec.get("data_dir"), download=bool(dataset)
+    )
 
 
 def prepare(
@@ -384,7 +429,7 @@ def build_context(ws: Workspace, dataset=None, seed: int | None = None):
         classes=rec["classes"],
         calib_split=ds.train,
         calib_split_name="train",
-        seed=rec.get("seed", 0) if seed is None else seed,
+        seed=(rec.get("seed") or 0) if seed is None else seed,
     )
 
 
