@@ -80,6 +80,8 @@ def _check_spec_numbers(epochs, seed, num_classes, opset) -> None:
     _at_least("--epochs", epochs, 0)
     _at_least("--seed", seed, 0)
     _at_least("--num-classes", num_classes, 1)
+    _at_most("--num-classes", num_classes, 100_000)
+    _at_most("--seed", seed, 2**32 - 1)
     _at_least("--opset", opset, 1)
 
 
@@ -635,6 +637,10 @@ def train_cmd(
     _at_least("--epochs", epochs, 0)
     _at_least("--batch-size", batch_size, 1)
     _at_least("--seed", seed, 0)
+    if not 0 <= val_fraction < 1:  # NaN too
+        raise EdgekitError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgekitError(f"--out {out_dir} is a file", "give a directory for the checkpoints")
     cfg = make_config(
         recipe,
         epochs=epochs,
