@@ -12,7 +12,8 @@ Found and fixed in this round (severity as in the issue):
 - critical: ``WORK/artifacts`` or ``WORK/onnx-for-tensorrt`` as a symbolic link out
   of the work directory made ``build`` write there; a work-dir record's
   ``data_dir`` chose where torchvision downloads CIFAR to;
-- high: a pytorch-fp32 build copied a corrupt or untrusted ``WORK/model.pt`` into an
+- high: an FP32 ONNX Runtime or TorchScript artifact relabelled ``precision: int8``
+  was run and reported as INT8; a pytorch-fp32 build copied a corrupt or untrusted ``WORK/model.pt`` into an
   artifact with exit 0; a report row's ``status`` could be any word; fine-tuning with
   ``--lr nan`` wrote a NaN checkpoint with exit 0;
 - medium: a label of 2**62 exhausted the memory, ``--min-duration inf``, an
@@ -53,6 +54,7 @@ def arena(tmp_path_factory, tiny_workspace):
     root = tmp_path_factory.mktemp("red")
     base = copy_workspace(tiny_workspace.root, root / "base")
     build(Workspace(base), "ort-cpu")
+    build(Workspace(base), "ts-fp32")
     make_sentinel(root / "sentinel")
     return root
 
@@ -168,6 +170,14 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
     shutil.copytree(art, a2)
     _edit_json(a2 / "manifest.json", lambda m: m.update(classes=["a", "b"]))
     case(["infer", "-a", a2, "-i", far], "classes lists 2 names but io.output_shape[1] is 10")
+    for name, d, fields, fragment in (
+        ("ort-relabel", art, {"precision": "int8"}, "has no quantized operator"),
+        ("ts-relabel", base / "artifacts" / "ts-fp32", {"precision": "int8"}, "records no"),
+    ):
+        relabelled = root / "cases" / name
+        shutil.copytree(d, relabelled)
+        _edit_json(relabelled / "manifest.json", lambda m, f=fields: m.update(f))
+        case(["infer", "-a", relabelled, "-i", far], fragment)
     a3 = root / "cases" / "manifest-digits"
     shutil.copytree(art, a3)
     text = (a3 / "manifest.json").read_text()
