@@ -9,7 +9,8 @@ start plus a few builds.
 
 Found and fixed in this round (severity as in the issue):
 
-- critical: ``WORK/artifacts`` or ``WORK/onnx-for-tensorrt`` as a symbolic link out
+- critical: a target file's ``requires.packages = ["pkg.sub"]`` imported ``pkg``
+  (ran its code) through ``find_spec``; ``WORK/artifacts`` or ``WORK/onnx-for-tensorrt`` as a symbolic link out
   of the work directory made ``build`` write there; a work-dir record's
   ``data_dir`` chose where torchvision downloads CIFAR to;
 - high: an FP32 ONNX Runtime or TorchScript artifact relabelled ``precision: int8``
@@ -232,3 +233,25 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
     assert not (sentinel / "dl").exists() and not (sentinel / "ort-cpu").exists()
     assert not (tmp_path / "p.pt").exists() and (tmp_path / "a-file").read_text() == "keep"
     assert not any((tmp_path / n).exists() for n in ("w1", "w2", "w3", "t"))
+
+
+def test_target_requires_packages_runs_no_code(tmp_path, monkeypatch):
+    """``find_spec("pkg.sub")`` imports ``pkg``: a target file could run any module."""
+    from edgekit.backends.base import is_installed
+    from edgekit.targets import load_target_file, unavailable_reason
+
+    (tmp_path / "evilpkg_red.py").write_text(
+        f"open({str(tmp_path / 'RAN')!r}, 'w').write('code ran')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    f = tmp_path / "t.toml"
+    f.write_text(
+        'name = "x"\nbackend = "onnxruntime"\nprecision = "fp32"\n'
+        '[requires]\npackages = ["evilpkg_red.sub", "onnxruntime.quantization"]\n'
+    )
+    reason = unavailable_reason(load_target_file(f))
+    assert reason is not None and reason.startswith("evilpkg_red.sub not installed"), reason
+    assert not (tmp_path / "RAN").exists(), "a target file's requires.packages ran code"
+    assert is_installed("onnxruntime.quantization") and is_installed("evilpkg_red")
+    assert not is_installed("evilpkg_red.sub") and not is_installed("no_such_pkg_x.y")
+    assert not (tmp_path / "RAN").exists()
