@@ -917,12 +917,18 @@ def doctor(
         raise typer.Exit(1)
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``), so an error about a
+    path holding a newline or a terminal escape stays one line and prints nothing raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main() -> None:
     """Console-script entry point: maps user errors to one line and exit status 2."""
     try:
         app()
     except EdgekitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except ModuleNotFoundError as e:  # a build-host command run with the runtime install
         root = (e.name or "").split(".")[0]
@@ -941,7 +947,7 @@ def main() -> None:
 
         if e.errno not in FS_FAULTS:
             raise
-        print(f"error: {fs_error(e, e.filename or 'a file')}", file=sys.stderr)
+        print(f"error: {one_line(str(fs_error(e, e.filename or 'a file')))}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -22,7 +22,7 @@ Found and fixed in this round (severity as in the issue):
   ``edgekit.json`` fields, 5,000-digit JSON integers, huge latencies in a report,
   ``--lr -1``/``--momentum -1``/``--label-smoothing 2``/``--seed 2**70``,
   ``--num-classes 10**9`` and ``train --out FILE`` gave tracebacks;
-- low: labels beyond the classes scored as 0% by ``infer`` and ``compare``; a
+- low: an error about a path holding a newline spanned two lines; labels beyond the classes scored as 0% by ``infer`` and ``compare``; a
   manifest whose class names disagree with its output shape; 16-bit images clipped
   silently in an imagefolder.
 """
@@ -220,6 +220,9 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
     case([*prune, "--kd-features", "nan", "--distill"], "--kd-features must be in [0, 1e6]")
     case([*prune, "--steps", str(10**6)], "steps must be in [1, 100]")
     case([*export, *d, "--num-classes", str(10**9), "-w", tmp_path / "w3"], "--num-classes")
+
+    # --- a path with a newline and a terminal escape: still one error line, escaped
+    case(["targets", "--target-file", tmp_path / "a\nb\x1b[31m.toml"], "a\\nb\\x1b[31m.toml")
 
     results = run_cli_batch([c for c, _ in cases])
     failures = []
