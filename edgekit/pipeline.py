@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError, UnavailableError
 from edgekit.fileio import (
+    atomic_path,
     clean_stale_parts,
     contained,
     remove_tree,
@@ -337,6 +338,10 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
         prune_record = {**res.to_dict(), "finetune_history": ft_hist}
     trained = spec.weights is None or bool(prune_record and prune_record["finetune_history"])
     train_device = device_name(dev) if trained else None
+    # --weights WORK/model.pt --force: the user's input is about to be rewritten; keep its
+    # bytes so that a failed export puts it back instead of deleting it with the rest
+    own = spec.weights is not None and Path(spec.weights).resolve() == ws.checkpoint.resolve()
+    saved_weights = ws.checkpoint.read_bytes() if own else None
     try:
         _write_workspace(
             ws,
@@ -353,9 +358,12 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
             train_device,
         )
     except BaseException:
-        # leave no half-made workspace that looks valid
+        # leave no half-made workspace that looks valid, and never lose the user's --weights
         for p in (ws.record_path, ws.checkpoint, ws.onnx):
             p.unlink(missing_ok=True)
+        if saved_weights is not None:
+            with atomic_path(ws.checkpoint, force=True) as tmp:
+                tmp.write_bytes(saved_weights)
         raise
     if ws.artifacts.is_dir() or ws.artifacts.is_symlink():  # --force: stale artifacts now
         remove_tree(ws.artifacts, ws.root)

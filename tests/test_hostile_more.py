@@ -24,7 +24,9 @@ Found and fixed in this round (severity as in the issue):
   ``--num-classes 10**9`` and ``train --out FILE`` gave tracebacks;
 - low: an error about a path holding a newline spanned two lines; labels beyond the classes scored as 0% by ``infer`` and ``compare``; a
   manifest whose class names disagree with its output shape; 16-bit images clipped
-  silently in an imagefolder.
+  silently in an imagefolder;
+- medium: ``export --weights WORK/model.pt --force`` whose export failed deleted the
+  user's weights with the half-made workspace; ``--norm nan,...`` was accepted.
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
     before = tree_hash(sentinel)
     cases: list[tuple[dict, tuple[str, ...]]] = []
 
-    def case(args, *fragments, env=None):
-        cases.append(({"args": args, "env": env or {}}, fragments))
+    def case(args, *fragments, env=None, enospc_on=None):
+        cases.append(({"args": args, "env": env or {}, "enospc_on": enospc_on}, fragments))
 
     # --- containment: symbolic links inside the work directory that lead out of it
     w = _ws(root, "artifacts-link")
@@ -141,6 +143,17 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
     ck["model"] = "os:system"
     torch.save(ck, w / "model.pt")
     case(["build", "-t", "pytorch-fp32", "-w", w], "names the model factory 'os:system'")
+
+    # --- export --weights WORK/model.pt --force that fails: the user's weights survive
+    w = _ws(root, "own-weights")
+    own = (w / "model.pt").read_bytes()
+    case(
+        ["export", "--weights", w / "model.pt", "-d", f"npz:{tiny_npz}", "-w", w, "--force"],
+        "no space left",
+        enospc_on="model.onnx",
+    )
+    norm_nan = ["--norm", "nan,0,0/1,1,1"]
+    case(["export", "-d", f"npz:{tiny_npz}", "-w", tmp_path / "w4", *norm_nan], "(finite")
 
     # --- datasets and inputs
     base = root / "base"
@@ -234,8 +247,9 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
     assert not failures, "\n".join(failures)
     assert tree_hash(sentinel) == before, "a file outside the work directory changed"
     assert not (sentinel / "dl").exists() and not (sentinel / "ort-cpu").exists()
+    assert (root / "cases" / "own-weights" / "model.pt").read_bytes() == own
     assert not (tmp_path / "p.pt").exists() and (tmp_path / "a-file").read_text() == "keep"
-    assert not any((tmp_path / n).exists() for n in ("w1", "w2", "w3", "t"))
+    assert not any((tmp_path / n).exists() for n in ("w1", "w2", "w3", "w4", "t"))
 
 
 def test_target_requires_packages_runs_no_code(tmp_path, monkeypatch):
