@@ -252,6 +252,8 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
             f"{ws.root} already holds artifacts",
             "pass --force to replace them, or choose another --work-dir",
         )
+    if force:
+        check_only_artifacts(ws)
     if spec.weights is not None:
         require_file(spec.weights, "checkpoint")
     from edgekit.device import device_name, resolve_device
@@ -368,6 +370,31 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
     if ws.artifacts.is_dir() or ws.artifacts.is_symlink():  # --force: stale artifacts now
         remove_tree(ws.artifacts, ws.root)
     return ws
+
+
+def check_only_artifacts(ws: Workspace) -> None:
+    """Refuse ``--force`` when ``WORK/artifacts`` holds something edgekit did not build.
+
+    ``export``/``run --force`` replace the work directory's artifacts; a user who
+    points ``--work-dir`` at a project folder with its own ``artifacts/`` must not
+    lose it. Edgekit's entries are directories with a ``manifest.json`` and the
+    ``.*.part``/``.*.old`` leftovers of a build.
+
+    Raises:
+        EdgekitError: naming the first entry that is not an edgekit artifact.
+    """
+    from edgekit.fileio import is_part_name
+    from edgekit.manifest import MANIFEST_NAME
+
+    if ws.artifacts.is_symlink() or not ws.artifacts.is_dir():
+        return  # a link is removed itself, never followed
+    for p in sorted(ws.artifacts.iterdir()):
+        ours = is_part_name(p.name) or p.name.startswith(".") and p.name.endswith(".old")
+        if not ours and not (p.is_dir() and not p.is_symlink() and (p / MANIFEST_NAME).is_file()):
+            raise EdgekitError(
+                f"{p} is not an edgekit artifact (no {MANIFEST_NAME}); --force would delete it",
+                "move it out of the work directory, or choose another --work-dir",
+            )
 
 
 def _write_workspace(

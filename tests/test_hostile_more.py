@@ -25,6 +25,7 @@ Found and fixed in this round (severity as in the issue):
 - low: an error about a path holding a newline spanned two lines; labels beyond the classes scored as 0% by ``infer`` and ``compare``; a
   manifest whose class names disagree with its output shape; 16-bit images clipped
   silently in an imagefolder;
+- high: ``export --force -w PROJECT`` deleted a user's own ``PROJECT/artifacts/``;
 - medium: ``export --weights WORK/model.pt --force`` whose export failed deleted the
   user's weights with the half-made workspace; ``--norm nan,...`` was accepted.
 """
@@ -155,6 +156,12 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
     norm_nan = ["--norm", "nan,0,0/1,1,1"]
     case(["export", "-d", f"npz:{tiny_npz}", "-w", tmp_path / "w4", *norm_nan], "(finite")
 
+    # --- export --force into a project folder with its own artifacts/: refused, kept
+    proj = tmp_path / "project"
+    (proj / "artifacts" / "mine").mkdir(parents=True)
+    (proj / "artifacts" / "mine" / "data.txt").write_text("precious")
+    case(["export", "-d", f"npz:{tiny_npz}", "-w", proj, "--force"], "is not an edgekit artifact")
+
     # --- datasets and inputs
     base = root / "base"
     art = base / "artifacts" / "ort-cpu"
@@ -248,6 +255,7 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
     assert tree_hash(sentinel) == before, "a file outside the work directory changed"
     assert not (sentinel / "dl").exists() and not (sentinel / "ort-cpu").exists()
     assert (root / "cases" / "own-weights" / "model.pt").read_bytes() == own
+    assert (proj / "artifacts" / "mine" / "data.txt").read_text() == "precious"
     assert not (tmp_path / "p.pt").exists() and (tmp_path / "a-file").read_text() == "keep"
     assert not any((tmp_path / n).exists() for n in ("w1", "w2", "w3", "w4", "t"))
 
