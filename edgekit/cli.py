@@ -334,6 +334,7 @@ def bench(
     cfg.accuracy = not no_accuracy
     cfg.strict_batch = bool(batch_sizes)
     dirs: list[Path] = list(artifact or [])
+    named: dict[Path, str] = {}  # WORK/artifacts/NAME -> NAME, checked against its manifest
     ws = Workspace(work_dir)
     if target:
         names = list(target)
@@ -347,6 +348,7 @@ def bench(
                     f"run: edgekit build --target {t} --work-dir {work_dir}",
                 )
             dirs.append(d)
+            named[d] = t
     if not dirs:
         raise EdgekitError("nothing to benchmark", "pass --target NAME or --artifact DIR")
     classes = None
@@ -354,6 +356,12 @@ def bench(
     manifests = []
     for d in dirs:  # user mistakes first, before minutes of measuring
         m = read_manifest(d, verify=True)  # a tampered artifact is refused up front
+        if d in named and m["target"] != named[d]:
+            raise EdgekitError(
+                f"{d}/manifest.json names target {m['target']!r}, not {named[d]!r}; its row "
+                "would be labelled wrongly",
+                f"rebuild it: edgekit build --target {named[d]} --force --work-dir {work_dir}",
+            )
         manifests.append(m)
         classes = classes or m.get("classes")
         if cfg.strict_batch:

@@ -22,7 +22,8 @@ Found and fixed in this round (severity as in the issue):
   ``edgekit.json`` fields, 5,000-digit JSON integers, huge latencies in a report,
   ``--lr -1``/``--momentum -1``/``--label-smoothing 2``/``--seed 2**70``,
   ``--num-classes 10**9`` and ``train --out FILE`` gave tracebacks;
-- low: an error about a path holding a newline spanned two lines; labels beyond the classes scored as 0% by ``infer`` and ``compare``; a
+- low: ``bench -t NAME`` labelled the row with whatever target its manifest named;
+  an error about a path holding a newline spanned two lines; labels beyond the classes scored as 0% by ``infer`` and ``compare``; a
   manifest whose class names disagree with its output shape; 16-bit images clipped
   silently in an imagefolder;
 - high: ``export --force -w PROJECT`` deleted a user's own ``PROJECT/artifacts/``;
@@ -199,6 +200,9 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
         shutil.copytree(d, relabelled)
         _edit_json(relabelled / "manifest.json", lambda m, f=fields: m.update(f))
         case(["infer", "-a", relabelled, "-i", far], fragment)
+    w = _ws(root, "target-relabel")
+    _edit_json(w / "artifacts" / "ort-cpu" / "manifest.json", lambda m: m.update(target="ts-fp32"))
+    case(["bench", "-t", "ort-cpu", "--no-baseline", "--quick", "-w", w], "names target 'ts-fp32'")
     a3 = root / "cases" / "manifest-digits"
     shutil.copytree(art, a3)
     text = (a3 / "manifest.json").read_text()
