@@ -951,11 +951,12 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except OSError as e:  # a disk fault that no write helper caught: still one line
-        from edgekit.fileio import FS_FAULTS, fs_error
+        from edgekit.fileio import FS_FAULTS, PATH_ERRORS, fs_error
 
-        if e.errno not in FS_FAULTS:
+        if e.errno not in FS_FAULTS and (e.errno not in PATH_ERRORS or not e.filename):
             raise
-        print(f"error: {one_line(str(fs_error(e, e.filename or 'a file')))}", file=sys.stderr)
+        fault = fs_error(e, e.filename or "a file", action="access")
+        print(f"error: {one_line(str(fault))}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -41,7 +41,12 @@ FS_FAULTS = {
     errno.EACCES: ("permission denied", "check the permissions, or write elsewhere"),
     errno.EPERM: ("operation not permitted", "check the permissions, or write elsewhere"),
     errno.EFBIG: ("file too large for this file system", "write elsewhere"),
+    errno.ENAMETOOLONG: ("file name too long", "use a shorter path"),
+    errno.ELOOP: ("too many levels of symbolic links", "check the links on the path"),
 }
+#: errno of path mistakes (a file where a directory is expected, ...): one error line when the
+#: ``OSError`` names its file (:func:`edgekit.cli.main`), never a traceback.
+PATH_ERRORS = {errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY}
 
 #: Name of the lock file inside a work directory (see :func:`workdir_lock`).
 LOCK_NAME = ".edgekit.lock"

@@ -22,6 +22,7 @@ Found and fixed in this round (severity as in the issue):
   ``edgekit.json`` fields, 5,000-digit JSON integers, huge latencies in a report,
   ``--lr -1``/``--momentum -1``/``--label-smoothing 2``/``--seed 2**70``,
   ``--num-classes 10**9`` and ``train --out FILE`` gave tracebacks;
+- medium: a path component over 255 bytes (``ENAMETOOLONG``) gave a traceback;
 - low: ``bench -t NAME`` labelled the row with whatever target its manifest named;
   an error about a path holding a newline spanned two lines; labels beyond the classes scored as 0% by ``infer`` and ``compare``; a
   manifest whose class names disagree with its output shape; 16-bit images clipped
@@ -244,6 +245,11 @@ def test_red_team_cases_are_one_error_line_and_touch_nothing_outside(arena, tmp_
     case([*prune, "--kd-features", "nan", "--distill"], "--kd-features must be in [0, 1e6]")
     case([*prune, "--steps", str(10**6)], "steps must be in [1, 100]")
     case([*export, *d, "--num-classes", str(10**9), "-w", tmp_path / "w3"], "--num-classes")
+
+    # --- a path too long for the file system: one error line, not an OSError traceback
+    long = tmp_path / ("L" * 300)
+    case(["bench", "-a", long], "file name too long")
+    case([*export, "-d", f"npz:{tiny_npz}", "-w", long], "file name too long")
 
     # --- a path with a newline and a terminal escape: still one error line, escaped
     case(["targets", "--target-file", tmp_path / "a\nb\x1b[31m.toml"], "a\\nb\\x1b[31m.toml")
