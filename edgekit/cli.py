@@ -45,6 +45,18 @@ def _at_least(option: str, value, low) -> None:
         raise EdgekitError(f"{option} must be at least {low}, got {value}")
 
 
+def _at_most(option: str, value, high) -> None:
+    """Refuse ``value`` above ``high`` with one error line, before any heavy work."""
+    if value is not None and value > high:
+        raise EdgekitError(f"{option} must be at most {high}, got {value}")
+
+
+#: Bounds of the benchmark rules: a larger value would run for days or exhaust memory.
+MAX_MIN_QUERIES = 10_000_000
+MAX_MIN_DURATION_S = 3600.0
+MAX_BATCH = 65536
+
+
 def _exit_status(rows: list[dict], unavailable_counts: bool = True) -> int:
     """0 when every row is ok; 1 when a row failed (or, if it counts, is unavailable)."""
     bad = {"failed", "unavailable"} if unavailable_counts else {"failed"}
@@ -68,6 +80,8 @@ def _check_spec_numbers(epochs, seed, num_classes, opset) -> None:
     _at_least("--epochs", epochs, 0)
     _at_least("--seed", seed, 0)
     _at_least("--num-classes", num_classes, 1)
+    _at_most("--num-classes", num_classes, 100_000)
+    _at_most("--seed", seed, 2**32 - 1)
     _at_least("--opset", opset, 1)
 
 
@@ -97,7 +111,13 @@ def _bench_config(
     from edgekit.harness import BenchConfig
 
     _at_least("--min-queries", min_queries, 1)
-    _at_least("--min-duration", min_duration, 0)
+    _at_most("--min-queries", min_queries, MAX_MIN_QUERIES)
+    if min_duration is not None and not 0 <= min_duration <= MAX_MIN_DURATION_S:  # NaN too
+        raise EdgekitError(
+            f"--min-duration must be a number of seconds in [0, {MAX_MIN_DURATION_S}], "
+            f"got {min_duration}",
+            "e.g. --min-duration 10 (inf or nan would never end, or never measure)",
+        )
     cfg = BenchConfig.quick() if quick else BenchConfig()
     if min_queries is not None:
         cfg.min_queries = min_queries
@@ -110,8 +130,13 @@ def _bench_config(
             raise EdgekitError(
                 f"--batch-sizes must be integers like 1,8,32, got {batch_sizes!r}"
             ) from None
-        if min(cfg.batch_sizes) < 1:
-            raise EdgekitError("batch sizes must be at least 1")
+        if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+            raise EdgekitError(f"--batch-sizes must be at least 1, got {batch_sizes!r}")
+        if max(cfg.batch_sizes) > MAX_BATCH:
+            raise EdgekitError(
+                f"--batch-sizes {max(cfg.batch_sizes)} is above the limit of {MAX_BATCH}",
+                "measure throughput at smaller batches, e.g. 1,8,32,128",
+            )
     return cfg
 
 
@@ -309,6 +334,7 @@ def bench(
     cfg.accuracy = not no_accuracy
     cfg.strict_batch = bool(batch_sizes)
     dirs: list[Path] = list(artifact or [])
+    named: dict[Path, str] = {}  # WORK/artifacts/NAME -> NAME, checked against its manifest
     ws = Workspace(work_dir)
     if target:
         names = list(target)
@@ -322,6 +348,7 @@ def bench(
                     f"run: edgekit build --target {t} --work-dir {work_dir}",
                 )
             dirs.append(d)
+            named[d] = t
     if not dirs:
         raise EdgekitError("nothing to benchmark", "pass --target NAME or --artifact DIR")
     classes = None
@@ -329,6 +356,12 @@ def bench(
     manifests = []
     for d in dirs:  # user mistakes first, before minutes of measuring
         m = read_manifest(d, verify=True)  # a tampered artifact is refused up front
+        if d in named and m["target"] != named[d]:
+            raise EdgekitError(
+                f"{d}/manifest.json names target {m['target']!r}, not {named[d]!r}; its row "
+                "would be labelled wrongly",
+                f"rebuild it: edgekit build --target {named[d]} --force --work-dir {work_dir}",
+            )
         manifests.append(m)
         classes = classes or m.get("classes")
         if cfg.strict_batch:
@@ -611,6 +644,10 @@ def train_cmd(
     _at_least("--epochs", epochs, 0)
     _at_least("--batch-size", batch_size, 1)
     _at_least("--seed", seed, 0)
+    if not 0 <= val_fraction < 1:  # NaN too
+        raise EdgekitError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgekitError(f"--out {out_dir} is a file", "give a directory for the checkpoints")
     cfg = make_config(
         recipe,
         epochs=epochs,
@@ -887,12 +924,18 @@ def doctor(
         raise typer.Exit(1)
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``), so an error about a
+    path holding a newline or a terminal escape stays one line and prints nothing raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main() -> None:
     """Console-script entry point: maps user errors to one line and exit status 2."""
     try:
         app()
     except EdgekitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except ModuleNotFoundError as e:  # a build-host command run with the runtime install
         root = (e.name or "").split(".")[0]
@@ -907,11 +950,12 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except OSError as e:  # a disk fault that no write helper caught: still one line
-        from edgekit.fileio import FS_FAULTS, fs_error
+        from edgekit.fileio import FS_FAULTS, PATH_ERRORS, fs_error
 
-        if e.errno not in FS_FAULTS:
+        if e.errno not in FS_FAULTS and (e.errno not in PATH_ERRORS or not e.filename):
             raise
-        print(f"error: {fs_error(e, e.filename or 'a file')}", file=sys.stderr)
+        fault = fs_error(e, e.filename or "a file", action="access")
+        print(f"error: {one_line(str(fault))}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -64,8 +64,9 @@ def compare_artifacts(
     preprocessing (they must agree for a fair comparison: an error otherwise).
 
     Raises:
-        EdgekitError: no test data, different preprocessing or classes, or an
-            artifact that cannot be opened here.
+        EdgekitError: no test data, different preprocessing or classes, test
+            images of another size or labels beyond the classes, or an artifact
+            that cannot be opened here.
     """
     from edgekit.build import open_artifact
     from edgekit.manifest import read_manifest
@@ -82,6 +83,10 @@ def compare_artifacts(
     if images < 1:
         raise EdgekitError("--images must be at least 1")
     test = _test_split(dataset, data_dir, work_dir)
+    from edgekit.harness import check_test_split
+
+    for m in (ma, mb):  # images of another size, or labels beyond the classes: refused
+        check_test_split(m, test, dataset or str(work_dir))
     x = Preprocess.from_dict(ma["preprocess"]).apply(test.x[:images])
     logits = []
     for d in (a_dir, b_dir):

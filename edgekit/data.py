@@ -35,6 +35,11 @@ DATASET_NAMES = ("digits", "cifar10", "cifar100", "npz:PATH", "imagefolder:PATH"
 #: from the header, before the pixels are decoded, so a bomb never allocates its buffer.
 MAX_IMAGE_SIDE = 10_000
 MAX_IMAGE_PIXELS = 50_000_000
+#: Pillow modes that cannot be mapped to 8-bit RGB without choosing a scale.
+HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+#: Largest class label a dataset may hold (as :data:`edgekit.models.MAX_CLASSES`): a label
+#: of 2**62 would otherwise make edgekit list 2**62 class names and exhaust the memory.
+MAX_LABEL = 100_000 - 1
 
 
 def check_image_size(width: int, height: int, where: str) -> None:
@@ -187,8 +192,9 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarra
     """Check and normalise image/label arrays to uint8 [N,H,W,3] and int64 [N].
 
     Raises:
-        EdgekitError: naming ``where`` and the offending shape or dtype, or no
-            images at all (N = 0, or an empty height or width).
+        EdgekitError: naming ``where`` and the offending shape or dtype, no
+            images at all (N = 0, or an empty height or width), or a label that is
+            negative or above :data:`MAX_LABEL`.
     """
     x = np.asarray(x)
     y = np.asarray(y)
@@ -216,6 +222,11 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarra
         raise EdgekitError(f"{where}: 'y' has dtype {y.dtype}, expected integer class labels")
     if len(y) and y.min() < 0:
         raise EdgekitError(f"{where}: 'y' has negative labels")
+    if len(y) and y.max() > MAX_LABEL:
+        raise EdgekitError(
+            f"{where}: 'y' has a label of {y.max()}, above the limit of {MAX_LABEL}",
+            "labels must be class indices 0..C-1",
+        )
     return x, y.astype(np.int64)
 
 
@@ -386,9 +397,20 @@ def _imagefolder(arg: str, image_size: int) -> Dataset:
             ) from None
         xs = []
         for path, _ in ds.samples:
+            if not Path(path).is_file():  # a FIFO would block the open forever
+                raise EdgekitError(
+                    f"{path} is not a regular file",
+                    "remove it (only image files belong in the class folders)",
+                )
             try:
                 with Image.open(path) as im:
                     check_image_size(im.width, im.height, str(path))
+                    if im.mode in HIGH_DEPTH_MODES:  # convert("RGB") would clip them silently
+                        raise EdgekitError(
+                            f"{path} has {im.mode!r} pixels (16-bit or float); edgekit reads "
+                            "8-bit images",
+                            "save it as an 8-bit PNG or JPEG",
+                        )
                     xs.append(
                         np.asarray(
                             im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)

@@ -41,7 +41,12 @@ FS_FAULTS = {
     errno.EACCES: ("permission denied", "check the permissions, or write elsewhere"),
     errno.EPERM: ("operation not permitted", "check the permissions, or write elsewhere"),
     errno.EFBIG: ("file too large for this file system", "write elsewhere"),
+    errno.ENAMETOOLONG: ("file name too long", "use a shorter path"),
+    errno.ELOOP: ("too many levels of symbolic links", "check the links on the path"),
 }
+#: errno of path mistakes (a file where a directory is expected, ...): one error line when the
+#: ``OSError`` names its file (:func:`edgekit.cli.main`), never a traceback.
+PATH_ERRORS = {errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY}
 
 #: Name of the lock file inside a work directory (see :func:`workdir_lock`).
 LOCK_NAME = ".edgekit.lock"
@@ -80,7 +85,11 @@ def check_writable(path: str | os.PathLike, force: bool) -> Path:
 
 
 def contained(
-    root: str | os.PathLike, name: str | os.PathLike, what: str = "name", component: bool = False
+    root: str | os.PathLike,
+    name: str | os.PathLike,
+    what: str = "name",
+    component: bool = False,
+    within: str | os.PathLike | None = None,
 ) -> Path:
     """``root / name``, refused unless it resolves to a path strictly inside ``root``.
 
@@ -91,6 +100,9 @@ def contained(
         what: what ``name`` is, for the error message ("target name", ...).
         component: require one path component that does not start with ``.``
             (names starting with a dot are edgekit's temporary ``.*.part`` files).
+        within: an outer directory (the work directory) the result must stay in
+            too, so a ``root`` that is itself a symbolic link leading out of
+            ``within`` (``WORK/artifacts -> /elsewhere``) is refused.
 
     Returns:
         ``Path(root) / name`` (not resolved, so messages show the user's paths).
@@ -116,7 +128,19 @@ def contained(
     base = root_p.resolve()
     full = (base / rel).resolve()
     if full == base or base not in full.parents:
+        if (root_p / rel).is_symlink():
+            raise EdgekitError(
+                f"{root_p / rel} is a symbolic link to {full}, outside {root_p}",
+                "remove the link; edgekit writes only inside the work directory",
+            )
         raise EdgekitError(f"{what} {s!r} leads outside {root_p}", hint)
+    if within is not None:
+        outer = Path(within).resolve()
+        if outer not in full.parents:
+            raise EdgekitError(
+                f"{root_p / rel} resolves to {full}, outside {within} (a symbolic link?)",
+                "remove the link; edgekit writes only inside the work directory",
+            )
     return root_p / rel
 
 

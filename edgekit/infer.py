@@ -236,8 +236,9 @@ def infer(
 
     Raises:
         EdgekitError: ``top_k < 1``; the manifest is missing, invalid or has no
-            preprocessing; a bad input (see :func:`read_inputs`); the backend's
-            runtime is not installed (the message names what to install).
+            preprocessing; a bad input (see :func:`read_inputs`); a label beyond the
+            artifact's classes; outputs that contradict ``io.output_shape``; the
+            backend's runtime is not installed (the message names what to install).
     """
     from edgekit.build import open_artifact
     from edgekit.manifest import read_manifest
@@ -271,8 +272,22 @@ def infer(
             f"{manifest['target']} returned outputs of shape {list(logits.shape)}, "
             f"expected [{len(x)}, classes]"
         )
+    n_cls = logits.shape[1]
+    declared = manifest["io"]["output_shape"][-1]
+    if isinstance(declared, int) and declared != n_cls:
+        raise EdgekitError(
+            f"{manifest['target']} returned {n_cls} classes but its manifest declares "
+            f"io.output_shape [..., {declared}]; the manifest does not belong to this artifact",
+            "rebuild the artifact with edgekit build --force",
+        )
+    beyond = sorted({v for v in data.labels if v is not None and v >= n_cls})
+    if beyond:
+        raise EdgekitError(
+            f"the input labels go up to {beyond[-1]} but {manifest['target']} has {n_cls} "
+            "classes, so top-1 cannot be scored",
+            "give labels 0..classes-1 (the 'y' of the npz), or drop 'y'",
+        )
     probs = softmax(logits)
-    n_cls = probs.shape[1]
     classes = manifest.get("classes") or []
     if len(classes) != n_cls:
         classes = [str(i) for i in range(n_cls)]

@@ -194,7 +194,7 @@ def check_manifest(m: dict, mpath: Path) -> None:
     Rules beyond the schema: ``artifact`` is one of the hashed ``files``; the
     options are valid for the backend and precision (the backend's option spec);
     ``io.input_shape`` agrees with the preprocessing (3 channels, H x W); the
-    batch range has ``min <= max``; only TorchScript INT8 records a quantized engine.
+    class names (when given) are as many as ``io.output_shape[1]``; the batch range has ``min <= max``; only TorchScript INT8 records a quantized engine.
 
     Raises:
         EdgekitError: the first violation, naming ``mpath`` and the field path.
@@ -224,6 +224,13 @@ def check_manifest(m: dict, mpath: Path) -> None:
                 f"gives {want}",
                 rebuild,
             )
+    n_out = m["io"]["output_shape"][1]
+    classes = m.get("classes")
+    if classes and isinstance(n_out, int) and len(classes) != n_out:
+        raise EdgekitError(
+            f"{where}: classes lists {len(classes)} names but io.output_shape[1] is {n_out}",
+            rebuild,
+        )
     b = m["io"].get("batch")
     if b and b["max"] is not None and b["min"] > b["max"]:
         raise EdgekitError(f"{where}: io.batch.min {b['min']} > io.batch.max {b['max']}", rebuild)
@@ -288,7 +295,7 @@ def read_manifest(artifact_dir: str | Path, verify: bool = True) -> dict:
         )
     try:
         m = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, int digits
         raise EdgekitError(f"{mpath} is not valid JSON: {type(e).__name__}: {e}") from None
     except OSError as e:
         raise EdgekitError(f"cannot read {mpath}: {e.strerror or e}") from None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError, UnavailableError
 from edgekit.fileio import (
+    atomic_path,
     clean_stale_parts,
     contained,
     remove_tree,
@@ -64,9 +65,11 @@ class Workspace:
 
         Raises:
             EdgekitError: ``target`` is not a plain name, so the path would not be a
-                directory directly inside ``WORK/artifacts`` (``..``, ``/abs``, ``""``).
+                directory directly inside ``WORK/artifacts`` (``..``, ``/abs``, ``""``),
+                or ``WORK/artifacts`` (or the artifact) is a symbolic link leading out
+                of the work directory.
         """
-        return contained(self.artifacts, target, "target name", component=True)
+        return contained(self.artifacts, target, "target name", component=True, within=self.root)
 
     def lock(self):
         """The work directory's advisory lock (:func:`edgekit.fileio.workdir_lock`)."""
@@ -92,13 +95,21 @@ class Workspace:
                 f"{self.root} is not an edgekit work directory (no {RECORD})",
                 "create one with: edgekit export --work-dir DIR ...",
             )
+        hint = "re-create the work directory with: edgekit export --force"
         try:
-            return json.loads(self.record_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            rec = json.loads(self.record_path.read_text())
+        except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise EdgekitError(f"cannot read {self.record_path}: {e}", hint) from None
+        from edgekit.schema import validate
+
+        validate(rec, record_schema(), str(self.record_path), hint=hint)
+        if rec.get("num_classes") is not None and rec["num_classes"] != len(rec["classes"]):
             raise EdgekitError(
-                f"cannot read {self.record_path}: {e}",
-                "re-create the work directory with: edgekit export --force",
-            ) from None
+                f"{self.record_path}: classes lists {len(rec['classes'])} names but "
+                f"num_classes is {rec['num_classes']}",
+                hint,
+            )
+        return rec
 
     def check_onnx(self) -> None:
         """Refuse a missing, truncated or garbage ``WORK/model.onnx`` with one error line.
@@ -129,6 +140,35 @@ class Workspace:
             ) from None
 
 
+def record_schema():
+    """The :mod:`edgekit.schema` spec of ``WORK/edgekit.json`` (fields that change behaviour).
+
+    ``dataset`` and ``data_dir`` say where the test and calibration images come
+    from, ``classes`` and ``preprocess`` feed every artifact's manifest, ``seed``
+    the calibration sampler; informational fields (export check, history) are
+    tables or values of any type.
+    """
+    from edgekit.data import MAX_LABEL
+    from edgekit.preprocess import preprocess_schema
+    from edgekit.schema import Dict, Int, ListOf, Num, Str
+
+    return Dict(
+        {
+            "dataset": Str(r"[^\x00]{1,4096}", required=True),
+            "data_dir": Str(r"[^\x00]{1,4096}", nullable=True),
+            "model": Str(r"[^\x00]{1,256}", nullable=True),
+            "num_classes": Int(min=1, max=MAX_LABEL + 1, nullable=True),
+            "classes": ListOf(Str(), min_items=1, max_items=MAX_LABEL + 1, required=True),
+            "preprocess": preprocess_schema(required=True),
+            "weights": Str(nullable=True),
+            "seed": Int(min=0, max=2**32 - 1, nullable=True),
+            "train_device": Str(nullable=True),
+            "seconds": Num(min=0, nullable=True),
+        },
+        extra=True,
+    )
+
+
 @dataclass
 class ModelSpec:
     """What the user asked for: dataset, model and how to get weights."""
@@ -153,9 +193,17 @@ class ModelSpec:
 
 
 def load_workspace_dataset(rec: dict, dataset: str | None = None, data_dir: str | None = None):
+    """The dataset of a workspace record (or the user's ``dataset``/``data_dir``).
+
+    A dataset named by the record is never downloaded: it was loaded when the work
+    directory was made, and a path read from a file must not choose where edgekit
+    writes (an edited ``data_dir`` would otherwise receive a download).
+    """
     from edgekit.data import load_dataset
 
-    return load_dataset(dataset or rec["dataset"], data_dir or rec.get("data_dir"))
+    return load_dataset(
+        dataset or rec["dataset"], data_dir or rec.get("data_dir"), download=bool(dataset)
+    )
 
 
 def prepare(
@@ -189,6 +237,8 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
             f"{ws.root} already holds artifacts",
             "pass --force to replace them, or choose another --work-dir",
         )
+    if force:
+        check_only_artifacts(ws)
     if spec.weights is not None:
         require_file(spec.weights, "checkpoint")
     from edgekit.device import device_name, resolve_device
@@ -275,6 +325,10 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
         prune_record = {**res.to_dict(), "finetune_history": ft_hist}
     trained = spec.weights is None or bool(prune_record and prune_record["finetune_history"])
     train_device = device_name(dev) if trained else None
+    # --weights WORK/model.pt --force: the user's input is about to be rewritten; keep its
+    # bytes so that a failed export puts it back instead of deleting it with the rest
+    own = spec.weights is not None and Path(spec.weights).resolve() == ws.checkpoint.resolve()
+    saved_weights = ws.checkpoint.read_bytes() if own else None
     try:
         _write_workspace(
             ws,
@@ -291,13 +345,41 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
             train_device,
         )
     except BaseException:
-        # leave no half-made workspace that looks valid
+        # leave no half-made workspace that looks valid, and never lose the user's --weights
         for p in (ws.record_path, ws.checkpoint, ws.onnx):
             p.unlink(missing_ok=True)
+        if saved_weights is not None:
+            with atomic_path(ws.checkpoint, force=True) as tmp:
+                tmp.write_bytes(saved_weights)
         raise
     if ws.artifacts.is_dir() or ws.artifacts.is_symlink():  # --force: stale artifacts now
         remove_tree(ws.artifacts, ws.root)
     return ws
+
+
+def check_only_artifacts(ws: Workspace) -> None:
+    """Refuse ``--force`` when ``WORK/artifacts`` holds something edgekit did not build.
+
+    ``export``/``run --force`` replace the work directory's artifacts; a user who
+    points ``--work-dir`` at a project folder with its own ``artifacts/`` must not
+    lose it. Edgekit's entries are directories with a ``manifest.json`` and the
+    ``.*.part``/``.*.old`` leftovers of a build.
+
+    Raises:
+        EdgekitError: naming the first entry that is not an edgekit artifact.
+    """
+    from edgekit.fileio import is_part_name
+    from edgekit.manifest import MANIFEST_NAME
+
+    if ws.artifacts.is_symlink() or not ws.artifacts.is_dir():
+        return  # a link is removed itself, never followed
+    for p in sorted(ws.artifacts.iterdir()):
+        ours = is_part_name(p.name) or p.name.startswith(".") and p.name.endswith(".old")
+        if not ours and not (p.is_dir() and not p.is_symlink() and (p / MANIFEST_NAME).is_file()):
+            raise EdgekitError(
+                f"{p} is not an edgekit artifact (no {MANIFEST_NAME}); --force would delete it",
+                "move it out of the work directory, or choose another --work-dir",
+            )
 
 
 def _write_workspace(
@@ -367,7 +449,7 @@ def build_context(ws: Workspace, dataset=None, seed: int | None = None):
         classes=rec["classes"],
         calib_split=ds.train,
         calib_split_name="train",
-        seed=rec.get("seed", 0) if seed is None else seed,
+        seed=(rec.get("seed") or 0) if seed is None else seed,
     )
 
 
@@ -399,7 +481,7 @@ def build(
 
     target = get_target(target_name, target_files)
     out = (
-        contained(ws.onnx_for_tensorrt, target.name, "target name", component=True)
+        contained(ws.onnx_for_tensorrt, target.name, "target name", component=True, within=ws.root)
         if onnx_only
         else ws.artifact_dir(target.name)
     )

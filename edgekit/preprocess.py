@@ -8,6 +8,7 @@ classic cause of INT8 accuracy loss).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -148,10 +149,11 @@ def parse_normalization(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]
         std = tuple(float(v) for v in s.split(","))
     except ValueError:
         mean = std = ()
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+    finite = all(math.isfinite(v) and abs(v) <= 1e6 for v in (*mean, *std))  # no nan, inf
+    if len(mean) != 3 or len(std) != 3 or not finite or min(std) <= 0:
         raise EdgekitError(
             f"unknown normalization {spec!r}",
-            f"use one of {', '.join(NORMALIZATIONS)} or 'm1,m2,m3/s1,s2,s3' (std > 0)",
+            f"use one of {', '.join(NORMALIZATIONS)} or 'm1,m2,m3/s1,s2,s3' (finite, std > 0)",
         )
     return mean, std
 

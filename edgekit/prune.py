@@ -79,8 +79,8 @@ class PruneConfig:
             raise EdgekitError(
                 f"unknown importance {self.importance!r}", f"use one of {', '.join(IMPORTANCES)}"
             )
-        if self.steps < 1:
-            raise EdgekitError(f"steps must be >= 1, got {self.steps}")
+        if not 1 <= self.steps <= 100:
+            raise EdgekitError(f"steps must be in [1, 100], got {self.steps}")
         if self.round_to is not None and self.round_to < 1:
             raise EdgekitError(f"round_to must be >= 1, got {self.round_to}")
         if self.by not in ("channels", "macs"):
@@ -597,15 +597,17 @@ def finetune_config(
     and no ``epochs``, the budget alone decides when to stop.
 
     Raises:
-        EdgekitError: an unknown recipe, negative epochs, or a budget <= 0.
+        EdgekitError: an unknown recipe, negative epochs, a budget <= 0 or above a
+            week (NaN, inf), or a value outside :data:`edgekit.recipes.RANGES`.
     """
     from edgekit.train import make_config
 
     if epochs is not None and epochs < 0:
         raise EdgekitError(f"--finetune-epochs must be >= 0, got {epochs}")
-    if minutes is not None and minutes <= 0:
+    if minutes is not None and not 0 < minutes <= 7 * 24 * 60:  # NaN and inf too
         raise EdgekitError(
-            f"--finetune-minutes must be > 0, got {minutes:g}", "e.g. --finetune-minutes 5"
+            f"--finetune-minutes must be > 0 and at most a week (10080), got {minutes:g}",
+            "e.g. --finetune-minutes 5",
         )
     if epochs is None:
         epochs = 10**6 if minutes else 0
@@ -620,8 +622,8 @@ def finetune_config(
 
 def check_kd_features(kd_features: float, distill: bool) -> None:
     """Raises EdgekitError for a negative weight, or feature distillation without a teacher."""
-    if kd_features < 0:
-        raise EdgekitError(f"--kd-features must be >= 0, got {kd_features}")
+    if not 0 <= kd_features <= 1e6:  # NaN too
+        raise EdgekitError(f"--kd-features must be in [0, 1e6], got {kd_features}")
     if kd_features > 0 and not distill:
         raise EdgekitError(
             "--kd-features distils block outputs from the unpruned model, which needs --distill",

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 
+from edgekit.errors import EdgekitError
+
 RECIPES: dict[str, dict] = {
     "default": {
         "epochs": 30,
@@ -46,6 +48,40 @@ RECIPES: dict[str, dict] = {
         "label_smoothing": 0.1,
     },
 }
+
+
+#: field -> (option, low, high, low inclusive): the ranges :func:`check_values` enforces.
+#: NaN fails every range; inf fails the finite upper bounds.
+RANGES = {
+    "lr": ("--lr", 0.0, 100.0, False),
+    "momentum": ("--momentum", 0.0, 1.0, True),
+    "weight_decay": ("--weight-decay", 0.0, 1.0, True),
+    "label_smoothing": ("--label-smoothing", 0.0, 0.999, True),
+    "seed": ("--seed", 0, 2**32 - 1, True),
+    "kd_features": ("--kd-features", 0.0, 1e6, True),
+    # a week: a larger (or infinite) budget would train 10**6 epochs
+    "time_budget_s": ("the fine-tuning budget (s)", 0.0, 7 * 24 * 3600.0, False),
+}
+
+
+def check_values(values: dict) -> None:
+    """Refuse training values outside :data:`RANGES` (NaN, inf, negative rates) up front.
+
+    Raises:
+        EdgekitError: naming the option, its allowed range and the value given.
+    """
+    for key, (option, lo, hi, lo_incl) in RANGES.items():
+        v = values.get(key)
+        if v is None:
+            continue
+        ok = (lo <= v if lo_incl else lo < v) and v <= hi  # False for NaN
+        if not ok:
+            bracket = "[" if lo_incl else "("
+            raise EdgekitError(f"{option} must be in {bracket}{_num(lo)}, {_num(hi)}], got {v}")
+
+
+def _num(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
 
 
 def param_groups(model, weight_decay: float, decay_1d: bool = True) -> list[dict]:

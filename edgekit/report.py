@@ -145,7 +145,7 @@ def load_report(path: str | Path) -> dict:
         raise EdgekitError(f"report not found: {p}")
     try:
         d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, int digits
         raise EdgekitError(f"{p} is not valid JSON: {type(e).__name__}: {e}") from None
     except OSError as e:
         raise EdgekitError(f"cannot read {p}: {e.strerror or e}") from None
@@ -198,6 +198,10 @@ def check_predictions(d: dict, where: str, hint: str | None = None) -> None:
             )
 
 
+#: The largest latency a report may hold (ms; one day): larger values overflow the plots.
+MAX_LATENCY_MS = 86_400_000.0
+
+
 def report_schema():
     """The :mod:`edgekit.schema` spec of a report file (``edgekit-report/1``).
 
@@ -208,12 +212,16 @@ def report_schema():
     from edgekit.schema import Choice, Dict, Int, ListOf, MapOf, Num, Str
 
     num = Num(nullable=True)
+
+    def ms(**kw):  # a latency: bounded, so the plots' bins and axes stay finite
+        return Num(min=0, max=MAX_LATENCY_MS, **kw)
+
     pct = Num(min=0, max=100, nullable=True)
     text = Str(nullable=True)
     row = Dict(
         {
             "target": Str(r"[^\x00]{1,256}", required=True),
-            "status": Str(r"[a-z][a-z_-]{0,31}", required=True),
+            "status": Choice("ok", "failed", "unavailable", required=True),
             "reason": text,
             "backend": text,
             "precision": text,
@@ -226,8 +234,8 @@ def report_schema():
             "top1": pct,
             "top5": pct,
             "top1_drop": num,
-            "latency_ms": Dict({"p50": Num(min=0, required=True)}, extra=True, nullable=True),
-            "latency_samples_ms": ListOf(Num(), nullable=True),
+            "latency_ms": Dict({"p50": ms(required=True)}, extra=True, nullable=True),
+            "latency_samples_ms": ListOf(ms(), nullable=True),
             "throughput_ips": MapOf(num, keys=Str(r"[0-9]{1,7}"), nullable=True),
             "predictions": ListOf(Int(min=0), nullable=True),
             "peak_rss_mb": num,

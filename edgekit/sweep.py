@@ -39,7 +39,7 @@ def sweep(
     import copy
     import json
 
-    from edgekit.fileio import write_json
+    from edgekit.fileio import atomic_path, write_json
     from edgekit.pipeline import run
 
     if not ratios:
@@ -75,7 +75,8 @@ def sweep(
         if row["pruning_ratio"] == 0 and base_stats:
             row.update(macs=base_stats["macs"], params=base_stats["params"])
     write_json(work / "sweep.json", all_rows)
-    (work / "sweep.md").write_text(markdown_table(all_rows))
+    with atomic_path(work / "sweep.md", force=True) as tmp:  # replaces a link, never follows it
+        tmp.write_text(markdown_table(all_rows))
     plot_sweep(all_rows, work / "sweep.png")
     return all_rows
 

@@ -116,7 +116,7 @@ def load_target_file(path: str | Path) -> Target:
         raise EdgekitError(f"target file not found: {p}")
     try:
         d = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # TOMLDecodeError, UnicodeDecodeError, int digits
         raise EdgekitError(f"{p} is not valid TOML: {e}") from None
     except OSError as e:
         raise EdgekitError(f"cannot read target file {p}: {e.strerror or e}") from None

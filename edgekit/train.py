@@ -93,14 +93,16 @@ def make_config(recipe: str | None = "default", **overrides):
         overrides: TrainConfig fields; the ones that are None keep the recipe's value.
 
     Raises:
-        EdgekitError: an unknown recipe.
+        EdgekitError: an unknown recipe, or a value outside
+            :data:`edgekit.recipes.RANGES`.
     """
-    from edgekit.recipes import RECIPES
+    from edgekit.recipes import RECIPES, check_values
 
     name = recipe or "default"
     if name not in RECIPES:
         raise EdgekitError(f"unknown recipe {name!r}", f"use one of {', '.join(sorted(RECIPES))}")
     values = {**RECIPES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    check_values(values)
     return TrainConfig(recipe=name, **values)
 
 

@@ -8,6 +8,7 @@ The harness only ever talks to :class:`Runner`, never to a backend directly.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +204,12 @@ class Backend:
         return {**defaults, **options}
 
     def missing_packages(self, packages: tuple[str, ...] | list[str] = ()) -> list[str]:
-        return [p for p in (*self.packages, *packages) if importlib.util.find_spec(p) is None]
+        """The import names (the backend's and ``packages``) not installed here.
+
+        Checked without importing anything (:func:`is_installed`): ``packages`` comes
+        from a target file, which must never run code.
+        """
+        return [p for p in (*self.packages, *packages) if not is_installed(p)]
 
     def unavailable_reason(self, target) -> str | None:
         """Why the target cannot be built and run here; None if it can."""
@@ -233,6 +239,27 @@ class Backend:
 
     def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> Runner:
         raise NotImplementedError
+
+
+def is_installed(name: str) -> bool:
+    """Whether the module ``name`` (``pkg`` or ``pkg.sub``) can be imported, without importing it.
+
+    ``importlib.util.find_spec("pkg.sub")`` imports ``pkg`` (runs its code) to find
+    ``sub``; here each level is located with the path finder from its parent's
+    search locations instead, so a target file naming ``packages = ["this.x"]`` or
+    ``["evil.x"]`` runs nothing.
+    """
+    parts = name.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])  # a top-level name is located, not run
+        for part in parts[1:]:
+            if spec is None or not spec.submodule_search_locations:
+                return False
+            locations = list(spec.submodule_search_locations)
+            spec = importlib.machinery.PathFinder.find_spec(part, locations)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None
 
 
 def onnx_io(onnx_path: Path) -> dict:

@@ -146,6 +146,28 @@ class OnnxRuntimeBackend(Backend):
         shutil.copyfile(ctx.onnx_path, out_dir / ARTIFACT)
         return BuildResult(artifact=ARTIFACT, io=onnx_io(out_dir / ARTIFACT))
 
+    def verify_artifact(self, artifact_dir: Path, manifest: dict) -> None:
+        """Bind ``precision: int8`` to the hashed model: it must hold quantized operators.
+
+        An FP32 ``model.onnx`` relabelled ``int8`` in its manifest would otherwise be
+        reported as an INT8 row. The operator names (``QuantizeLinear``,
+        ``DequantizeLinear``, ``QLinearConv``, ``ConvInteger``, ...) are plain strings in
+        the protobuf, so no onnx package is needed (the runtime install has none).
+
+        Raises:
+            EdgekitError: an ``int8`` manifest whose model has no quantized operator.
+        """
+        if manifest["precision"] != "int8":
+            return
+        data = artifact_path(artifact_dir, manifest).read_bytes()
+        if not any(op in data for op in (b"QuantizeLinear", b"QLinear", b"Integer")):
+            raise EdgekitError(
+                f"{artifact_dir}: the manifest says precision int8 but "
+                f"{manifest['artifact']} has no quantized operator; the manifest does not "
+                "belong to this model",
+                "rebuild the artifact with edgekit build --force",
+            )
+
     def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> OrtRunner:
         if manifest.get("options", {}).get("execution_provider") == "CUDAExecutionProvider":
             from edgekit.backends.gpu import ort_cuda_runner  # CuPy buffers, IOBinding

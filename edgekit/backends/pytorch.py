@@ -43,6 +43,14 @@ class TorchRunner:
         self.model = None
 
 
+def _out_features(model) -> int | None:
+    """The output width of the model's last ``nn.Linear`` (the classes), if it has one."""
+    import torch
+
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return int(last[-1].out_features) if last else None
+
+
 class PyTorchBackend(Backend):
     name = "pytorch"
     packages = ("torch",)
@@ -52,6 +60,19 @@ class PyTorchBackend(Backend):
     def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:
         if ctx.checkpoint_path is None:
             raise EdgekitError("the PyTorch baseline needs the checkpoint", "pass --weights")
+        from edgekit.fileio import require_file
+
+        require_file(ctx.checkpoint_path, "checkpoint")
+        # load it as a runner will (weights_only, metadata, trusted model, finite weights),
+        # so a corrupt or foreign WORK/model.pt is refused here, not built into an artifact
+        model = ctx.torch_model()
+        n_out = getattr(model, "num_classes", None) or _out_features(model)
+        if n_out is not None and n_out != len(ctx.classes):
+            raise EdgekitError(
+                f"{ctx.checkpoint_path} has {n_out} classes but the work directory has "
+                f"{len(ctx.classes)} class names",
+                "re-create the work directory with: edgekit export --force",
+            )
         shutil.copyfile(ctx.checkpoint_path, out_dir / ARTIFACT)
         h, w = ctx.preprocess.height, ctx.preprocess.width
         io = {

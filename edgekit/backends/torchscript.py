@@ -204,15 +204,16 @@ class TorchScriptBackend(Backend):
         artifact on x86) no longer matches what the hashed archive records.
 
         Raises:
-            EdgekitError: the engines differ, or an INT8 artifact has no record.
+            EdgekitError: the engines differ, or an INT8 artifact (precision relabelled
+                or not) has no record of a quantized engine.
         """
         path = artifact_path(artifact_dir, manifest)
         rec = archive_record(path)
         claimed = manifest.get("quantized_engine")
-        if rec is None and claimed is None:
+        if rec is None and claimed is None and manifest["precision"] != "int8":
             return  # an FP32 archive from before the record: no engine to bind
         recorded = rec.get("quantized_engine") if rec else None
-        if rec is None or recorded != claimed:
+        if rec is None or recorded != claimed or (manifest["precision"] == "int8" and not recorded):
             built = f"the {recorded} engine" if recorded else "no quantized engine"
             raise EdgekitError(
                 f"{artifact_dir}: the manifest says quantized_engine {claimed!r} but "
