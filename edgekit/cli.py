@@ -549,10 +549,10 @@ _INSTALL_HINTS = {
             "sklearn",
             "matplotlib",
         ),
-        "pip install 'edgekit[build]' (the build host)",
+        "pip install 'edgekit-toolchain[build]' (the build host)",
     ),
-    "onnxruntime": "pip install 'edgekit[runtime]'",
-    "PIL": "pip install 'edgekit[runtime]'",
+    "onnxruntime": "pip install 'edgekit-toolchain[runtime]'",
+    "PIL": "pip install 'edgekit-toolchain[runtime]'",
     "tensorrt": "TensorRT comes with the JetPack image or NVIDIA's index (docs/device.md)",
 }
 

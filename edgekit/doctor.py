@@ -34,6 +34,8 @@ import shutil
 import subprocess
 from importlib import metadata
 
+from edgekit import DIST_NAME
+
 #: Version of the JSON layout written by ``edgekit doctor --json``.
 SCHEMA_VERSION = 1
 
@@ -348,7 +350,7 @@ def doctor(target_files=None) -> dict:
     sw["cuda"] = {"runtime": gpu["cuda_runtime"], "driver": gpu["cuda_driver"]}
     return {
         "schema_version": SCHEMA_VERSION,
-        "edgekit": _version("edgekit"),
+        "edgekit": _version(DIST_NAME),
         "machine": {
             "arch": platform.machine(),
             "system": platform.system(),

@@ -54,7 +54,7 @@ def require_cuda() -> Any:
         import cupy
     except ImportError:
         raise UnavailableError(
-            "CuPy is not installed", "install edgekit[gpu] on a machine with a CUDA GPU"
+            "CuPy is not installed", "install edgekit-toolchain[gpu] on a machine with a CUDA GPU"
         ) from None
     try:
         n = cupy.cuda.runtime.getDeviceCount()
@@ -235,7 +235,7 @@ def ort_cuda_runner(path, manifest: dict, threads: int | None) -> GpuRunner:
     require_cuda()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise UnavailableError(
-            "CUDAExecutionProvider is not in this onnxruntime", "install edgekit[gpu]"
+            "CUDAExecutionProvider is not in this onnxruntime", "install edgekit-toolchain[gpu]"
         )
     io = manifest["io"]
     b = io.get("batch")

@@ -90,7 +90,7 @@ class OrtRunner:
             raise EdgekitError(
                 f"execution provider {provider} is not available in this onnxruntime "
                 f"(it has {', '.join(ort.get_available_providers())})",
-                "install edgekit[gpu] for CUDAExecutionProvider",
+                "install edgekit-toolchain[gpu] for CUDAExecutionProvider",
             )
         try:
             self.session = ort.InferenceSession(str(path), so, providers=[provider])
@@ -112,7 +112,7 @@ class OrtRunner:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     packages = ("onnxruntime",)
-    install_hint = "pip install 'edgekit[cpu]'"
+    install_hint = "pip install 'edgekit-toolchain[cpu]'"
     option_defaults = {
         "fp32": {"execution_provider": "CPUExecutionProvider"},
         "int8": INT8_DEFAULTS,
@@ -130,9 +130,11 @@ class OnnxRuntimeBackend(Backend):
             from edgekit.calibration import cuda_available
 
             if not cuda_available():
-                return "needs a CUDA GPU and CuPy (none found; pip install 'edgekit[gpu]')"
+                return (
+                    "needs a CUDA GPU and CuPy (none found; pip install 'edgekit-toolchain[gpu]')"
+                )
         if ep not in ort.get_available_providers():
-            return f"{ep} not in this onnxruntime (pip install 'edgekit[gpu]' on a CUDA machine)"
+            return f"{ep} not in this onnxruntime (pip install 'edgekit-toolchain[gpu]' on a CUDA machine)"
         return None
 
     def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:

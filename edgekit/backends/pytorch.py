@@ -46,7 +46,7 @@ class TorchRunner:
 class PyTorchBackend(Backend):
     name = "pytorch"
     packages = ("torch",)
-    install_hint = "pip install 'edgekit[build]'"
+    install_hint = "pip install 'edgekit-toolchain[build]'"
     option_defaults = {"fp32": {}}
 
     def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:

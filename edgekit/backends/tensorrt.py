@@ -374,7 +374,7 @@ class TensorRTBackend(Backend):
         from edgekit.calibration import cuda_available
 
         if not cuda_available():
-            return "needs a CUDA GPU (and CuPy: pip install 'edgekit[gpu]')"
+            return "needs a CUDA GPU (and CuPy: pip install 'edgekit-toolchain[gpu]')"
         return None
 
     def runtime_unavailable_reason(self, manifest: dict) -> str | None:
