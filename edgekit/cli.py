@@ -867,7 +867,11 @@ def doctor(
     ] = False,
     require_gpu: Annotated[
         bool,
-        typer.Option("--require-gpu", help="Exit with status 1 when no CUDA GPU is found."),
+        typer.Option(
+            "--require-gpu",
+            help="Exit with status 1 when no CUDA GPU is found, or when a problem is found "
+            "(GPU packages for different CUDA majors, TensorRT bindings for another Python).",
+        ),
     ] = False,
     target_file: TargetFiles = None,
 ):
@@ -885,6 +889,10 @@ def doctor(
         print_report(rep)
     if require_gpu and not rep["gpu"]["available"]:
         print(f"error: --require-gpu: {rep['gpu']['reason']}", file=sys.stderr)
+        raise typer.Exit(1)
+    if require_gpu and rep["problems"]:
+        for p in rep["problems"]:
+            print(f"error: --require-gpu: {p['problem']} -- {p['fix']}", file=sys.stderr)
         raise typer.Exit(1)
 
 

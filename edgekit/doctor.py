@@ -332,6 +332,34 @@ def target_status(gpu: dict, target_files=None) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- problems
+
+
+def problems(sw: dict) -> list[dict]:
+    """What is installed but cannot work together, each with its fix.
+
+    - GPU packages built for different CUDA majors (:mod:`edgekit.cuda_compat`);
+    - TensorRT's Python bindings present but not for this Python, or failing to
+      import (:mod:`edgekit.trt_python`).
+
+    Args:
+        sw: :func:`software_info`'s dict (its ``tensorrt`` entry is used).
+
+    Returns:
+        ``[{"problem": str, "fix": str}, ...]``, empty when all is well.
+    """
+    from edgekit.cuda_compat import installed_cuda_majors, mismatch_problem
+    from edgekit.trt_python import bindings_problem
+
+    out = []
+    if p := mismatch_problem(installed_cuda_majors()):
+        out.append(p)
+    trt = sw["tensorrt"]
+    if p := bindings_problem(trt["error"], imported=trt["version"] is not None):
+        out.append(p)
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -361,6 +389,7 @@ def doctor(target_files=None) -> dict:
         "gpu": gpu,
         "software": sw,
         "targets": target_status(gpu, target_files),
+        "problems": problems(sw),
     }
 
 
@@ -458,3 +487,5 @@ def print_report(rep: dict, console=None) -> None:
             esc(r["reason"] or ""),
         )
     con.print(tt)
+    for p in rep.get("problems", []):
+        con.print(f"[red]problem:[/red] {esc(p['problem'])}\n  [bold]fix:[/bold] {esc(p['fix'])}")

@@ -84,3 +84,91 @@ def test_error_message_hints_use_the_distribution_name():
 
     for mod in ("torch", "onnx", "onnxruntime", "PIL"):
         assert f"'{DIST_NAME}[" in _INSTALL_HINTS[mod], (mod, _INSTALL_HINTS[mod])
+
+
+# --------------------------------------------------------------------------- CUDA majors
+
+
+def extras_cuda_majors(pyproject: dict) -> dict[str, int]:
+    """``{"extra: requirement": CUDA major}`` for every extra's CUDA-specific requirement.
+
+    An ``onnxruntime-gpu`` requirement counts by its floor: below 1.28 it admits the
+    index's CUDA 12 builds (and without a floor, too).
+    """
+    from packaging.requirements import Requirement
+
+    from edgekit.cuda_compat import cuda_major, ort_gpu_cuda_major
+
+    out = {}
+    for extra, reqs in pyproject["project"]["optional-dependencies"].items():
+        for s in reqs:
+            r = Requirement(s)
+            if r.name.lower() == "onnxruntime-gpu":
+                floors = [x.version for x in r.specifier if x.operator in (">=", "==", "~=", ">")]
+                major = ort_gpu_cuda_major(max(floors, default="0"), machine="x86_64")
+            else:
+                major = cuda_major(r.name, None, machine="x86_64")
+            if major is not None:
+                out[f"{extra}: {s}"] = major
+    return out
+
+
+def lock_cuda_majors(lock: dict) -> dict[str, int]:
+    """``{"package version": CUDA major}`` over every package uv.lock resolves.
+
+    torch's own version has no ``+cuXYZ`` on the index, so its major is that of the
+    CUDA packages it depends on (``nvidia-*-cu13``, ``cuda-toolkit``).
+    """
+    from edgekit.cuda_compat import cuda_major
+
+    versions = {p["name"]: p["version"] for p in lock["package"] if "version" in p}
+    out = {}
+    for p in lock["package"]:
+        name, version = p["name"], p.get("version")
+        major = cuda_major(name, version, machine="x86_64")
+        if name == "torch" and major is None:
+            deps = {
+                cuda_major(d["name"], versions.get(d["name"]), machine="x86_64")
+                for d in p.get("dependencies", [])
+            } - {None}
+            assert len(deps) == 1, f"torch {version} depends on CUDA majors {deps}"
+            major = deps.pop()
+        if major is not None:
+            out[f"{name} {version}"] = major
+    return out
+
+
+def test_extras_and_lock_use_one_cuda_major():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    ex = extras_cuda_majors(pyproject)
+    locked = lock_cuda_majors(lock)
+    # the gpu extra's CuPy and ONNX Runtime and the build extra's torch are all seen
+    assert any(k.startswith("gpu: cupy-cuda") for k in ex), ex
+    assert any(k.startswith("gpu: onnxruntime-gpu") for k in ex), ex
+    assert any(k.startswith("torch ") for k in locked), locked
+    assert set(ex.values()) | set(locked.values()) == {13}, (ex, locked)
+
+
+def test_cuda_major_mix_is_detected():
+    """The check above can fail: the old gpu extra (cupy-cuda12x, onnxruntime-gpu>=1.20)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject["project"]["optional-dependencies"]["gpu"] = [
+        "onnxruntime-gpu>=1.20",
+        "cupy-cuda12x>=13",
+    ]
+    assert set(extras_cuda_majors(pyproject).values()) == {12}
+    lock = {
+        "package": [
+            {"name": "torch", "version": "2.13.0", "dependencies": [{"name": "nvidia-cudnn-cu13"}]},
+            {"name": "nvidia-cudnn-cu13", "version": "9.1"},
+            {"name": "cupy-cuda12x", "version": "14.2.0"},
+            {"name": "onnxruntime-gpu", "version": "1.31.1"},
+        ]
+    }
+    assert lock_cuda_majors(lock) == {
+        "torch 2.13.0": 13,
+        "nvidia-cudnn-cu13 9.1": 13,
+        "cupy-cuda12x 14.2.0": 12,
+        "onnxruntime-gpu 1.31.1": 13,
+    }
