@@ -8,11 +8,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
+from edgekit.targets import tomllib  # tomllib, or tomli on Python 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"

@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 from edgekit import DIST_NAME
+from edgekit.targets import tomllib  # tomllib, or tomli on Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 
