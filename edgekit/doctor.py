@@ -244,8 +244,14 @@ def _version(dist: str) -> str | None:
 
 
 def _import(name: str):
-    """Import ``name`` if installed; returns ``(module or None, error or None)``."""
-    if importlib.util.find_spec(name) is None:
+    """Import ``name`` if installed; returns ``(module or None, error or None)``.
+
+    A namespace-only folder (e.g. the ``tensorrt/`` stubs of ``tensorrt-stubs``) counts
+    as not installed (:func:`edgekit.backends.base.module_installed`).
+    """
+    from edgekit.backends.base import module_installed
+
+    if not module_installed(name):
         return None, None
     try:
         return importlib.import_module(name), None

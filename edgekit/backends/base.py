@@ -18,6 +18,20 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 
+def module_installed(name: str) -> bool:
+    """Whether ``name`` is an installed module, found by ``find_spec`` (nothing is imported).
+
+    A folder without ``__init__.py`` or an extension module is only a namespace package
+    to Python: the ``tensorrt/`` folder of ``.pyi`` stubs that ``tensorrt-stubs`` (the dev
+    group) installs imports as an empty module, and it is not TensorRT.
+    """
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin not in (None, "namespace")
+
+
 class Runner(Protocol):
     """A loaded artifact.
 
@@ -150,7 +164,7 @@ class Backend:
 
     Attributes:
         name: the ``backend`` value in target files.
-        packages: import names the backend needs (checked with ``find_spec``).
+        packages: import names the backend needs (checked with :func:`module_installed`).
         install_hint: what to install when they are missing.
         option_defaults: precision -> option name -> default. Keys define the
             allowed options; a target file naming another key is an error.
@@ -203,7 +217,7 @@ class Backend:
         return {**defaults, **options}
 
     def missing_packages(self, packages: tuple[str, ...] | list[str] = ()) -> list[str]:
-        return [p for p in (*self.packages, *packages) if importlib.util.find_spec(p) is None]
+        return [p for p in (*self.packages, *packages) if not module_installed(p)]
 
     def unavailable_reason(self, target) -> str | None:
         """Why the target cannot be built and run here; None if it can."""

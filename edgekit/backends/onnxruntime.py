@@ -16,7 +16,6 @@ through a ``CalibrationDataReader``.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io as io_mod
 import shutil
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Backend, BuildContext, BuildResult, onnx_io
+from edgekit.backends.base import Backend, BuildContext, BuildResult, module_installed, onnx_io
 from edgekit.errors import EdgekitError
 from edgekit.manifest import artifact_path
 from edgekit.schema import Bool, Choice, Int, ListOf, Num, Str
@@ -150,7 +149,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         ep = target.options.get("execution_provider", "CPUExecutionProvider")
-        if target.precision == "fp16" and importlib.util.find_spec("onnxconverter_common") is None:
+        if target.precision == "fp16" and not module_installed("onnxconverter_common"):
             return (
                 "onnxconverter-common not installed (it writes the FP16 ONNX; "
                 "pip install 'edgekit-toolchain[build]')"
@@ -223,7 +222,7 @@ def tensorrt_libraries_found() -> bool:
     """
     import ctypes.util
 
-    return any(importlib.util.find_spec(m) for m in ("tensorrt_libs", "tensorrt")) or bool(
+    return any(module_installed(m) for m in ("tensorrt_libs", "tensorrt")) or bool(
         ctypes.util.find_library("nvinfer")
     )
 
