@@ -167,3 +167,31 @@ def test_fp16_graph_built_and_run_on_cpu(tiny_workspace, tiny_npz, tmp_path):
     assert y16.dtype == np.float32 and y16.shape == y32.shape
     assert np.abs(y16 - y32).max() <= 2e-2 * max(1.0, float(np.abs(y32).max()))
     r16.close()
+
+
+def test_artifact_from_a_newer_onnxruntime_names_both_versions(tmp_path):
+    """A device whose onnxruntime is older than the build host's: refused, versions named."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgekit.backends.onnxruntime import OrtRunner
+
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 99)])  # no runtime has it
+    path = tmp_path / "model.onnx"
+    onnx.save(m, str(path))
+    manifest = {"io": {"input": "input"}, "versions": {"onnxruntime": "99.1.0"}}
+    with pytest.raises(EdgekitError) as e:
+        OrtRunner(path, manifest, 1)
+    msg = str(e.value)
+    assert f"ONNX Runtime {ort.__version__} cannot load" in msg
+    assert "built with onnxruntime 99.1.0" in msg and "install onnxruntime>=99.1" in msg
+    manifest["versions"] = {"onnxruntime": "1.0.0"}  # not newer: the plain message
+    with pytest.raises(EdgekitError) as e:
+        OrtRunner(path, manifest, 1)
+    assert str(e.value).startswith(f"ONNX Runtime cannot load {path}: ")

@@ -101,7 +101,7 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), so, providers=[provider])
         except Exception as e:
-            raise EdgekitError(f"ONNX Runtime cannot load {path}: {e}") from None
+            raise load_error(path, e, manifest, ort.__version__) from None
         self.input = manifest["io"]["input"]
         self.device = "cuda" if provider.startswith(("CUDA", "Tensorrt")) else "cpu"
         b = manifest["io"].get("batch")
@@ -113,6 +113,31 @@ class OrtRunner:
 
     def close(self) -> None:
         self.session = None
+
+
+def _release(v: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", v.split("+")[0])[:3])
+
+
+def load_error(path, err: Exception, manifest: dict, installed: str) -> EdgekitError:
+    """The error for an artifact ONNX Runtime refused to load.
+
+    When the manifest says the artifact was built with a newer onnxruntime than the
+    one here (a device behind the build host: an opset or IR version it does not
+    know), the message names both versions.
+    """
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    versions = manifest.get("versions") or {}
+    built = versions.get("onnxruntime") or versions.get("onnxruntime-gpu")
+    if built and _release(built) > _release(installed):
+        return EdgekitError(
+            f"ONNX Runtime {installed} cannot load {path}, built with onnxruntime {built}: {first}",
+            f"install onnxruntime>={'.'.join(map(str, _release(built)[:2]))} here, or rebuild "
+            "the artifact with a lower --opset for this device",
+        )
+    return EdgekitError(f"ONNX Runtime cannot load {path}: {first}")
 
 
 class OnnxRuntimeBackend(Backend):
