@@ -116,11 +116,15 @@ def test_bad_option_is_one_error_line_from_the_cli(tmp_path):
     )
 
 
-def test_cuda_graph_on_the_cuda_ep_is_accepted():
+def test_cuda_graph_on_the_cuda_ep_is_accepted_and_absent_elsewhere():
     opts = ORT.resolve_options(
         "fp32", {"execution_provider": "CUDAExecutionProvider", "cuda_graph": True}
     )
     assert opts["cuda_graph"] is True
+    # ort-cpu's resolved options (and so its manifest) are what they were before the
+    # option existed: an older edgekit on a device can still open the artifact
+    assert load_targets()["ort-cpu"].options == {"execution_provider": "CPUExecutionProvider"}
+    assert "cuda_graph" not in load_targets()["ort-cpu-int8"].options
 
 
 def test_provider_options_have_no_device_id():

@@ -165,6 +165,10 @@ class OnnxRuntimeBackend(Backend):
                 f'"CUDAExecutionProvider", not {opts["execution_provider"]!r}',
                 "remove cuda_graph or use the CUDA execution provider",
             )
+        if opts["execution_provider"] != "CUDAExecutionProvider":
+            # only the CUDA EP has it: an ort-cpu manifest stays readable by an older
+            # edgekit on the device, which does not know the option
+            opts.pop("cuda_graph", None)
         return opts
 
     def unavailable_reason(self, target) -> str | None:
