@@ -248,12 +248,20 @@ def _bash_array(name: str) -> list[str]:
     return shlex.split(m.group(1))
 
 
-def test_check_arm64_parses():
+@pytest.mark.parametrize("script", [CHECK_ARM64, DOCKER / "rpi" / "check-arm64-device.sh"])
+def test_check_arm64_parses(script):
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("bash not installed")
-    p = subprocess.run([bash, "-n", str(CHECK_ARM64)], capture_output=True, text=True)
+    p = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_check_arm64_device_installs_the_runtime_wheel_only():
+    """The device-workflow check installs the built wheel with the runtime extra, no torch."""
+    text = (DOCKER / "rpi" / "check-arm64-device.sh").read_text()
+    assert '"$WHEEL[runtime]"' in text and '"edgekit-toolchain[runtime]"' in text
+    assert "torch" not in re.sub(r"#.*", "", text)  # comments may say "no torch"
 
 
 def test_check_arm64_packages_match_extras():
