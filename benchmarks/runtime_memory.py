@@ -1,7 +1,7 @@
 """Peak resident memory of ``edgekit bench`` against a bare ONNX Runtime session.
 
 Bar (issue 8): in a virtual environment with only the runtime install
-(``pip install edgekit[runtime]``), ``edgekit bench`` on an ONNX Runtime artifact
+(``pip install edgekit-toolchain[runtime]``), ``edgekit bench`` on an ONNX Runtime artifact
 peaks at most 1.5x the resident memory of a bare onnxruntime session running
 the same model.
 

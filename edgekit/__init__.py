@@ -11,3 +11,7 @@ TensorRT are imported by the functions that need them.
 """
 
 __version__ = "0.1.0"
+
+#: The distribution name on the package index (the import name and the CLI stay ``edgekit``:
+#: the index's ``edgekit`` is an unrelated project).
+DIST_NAME = "edgekit-toolchain"

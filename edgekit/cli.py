@@ -582,10 +582,10 @@ _INSTALL_HINTS = {
             "sklearn",
             "matplotlib",
         ),
-        "pip install 'edgekit[build]' (the build host)",
+        "pip install 'edgekit-toolchain[build]' (the build host)",
     ),
-    "onnxruntime": "pip install 'edgekit[runtime]'",
-    "PIL": "pip install 'edgekit[runtime]'",
+    "onnxruntime": "pip install 'edgekit-toolchain[runtime]'",
+    "PIL": "pip install 'edgekit-toolchain[runtime]'",
     "tensorrt": "TensorRT comes with the JetPack image or NVIDIA's index (docs/device.md)",
 }
 
@@ -903,7 +903,11 @@ def doctor(
     ] = False,
     require_gpu: Annotated[
         bool,
-        typer.Option("--require-gpu", help="Exit with status 1 when no CUDA GPU is found."),
+        typer.Option(
+            "--require-gpu",
+            help="Exit with status 1 when no CUDA GPU is found, or when a problem is found "
+            "(GPU packages for different CUDA majors, TensorRT bindings for another Python).",
+        ),
     ] = False,
     target_file: TargetFiles = None,
 ):
@@ -921,6 +925,10 @@ def doctor(
         print_report(rep)
     if require_gpu and not rep["gpu"]["available"]:
         print(f"error: --require-gpu: {rep['gpu']['reason']}", file=sys.stderr)
+        raise typer.Exit(1)
+    if require_gpu and rep["problems"]:
+        for p in rep["problems"]:
+            print(f"error: --require-gpu: {p['problem']} -- {p['fix']}", file=sys.stderr)
         raise typer.Exit(1)
 
 

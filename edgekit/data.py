@@ -323,7 +323,7 @@ def _digits() -> Dataset:
     except ImportError:
         raise EdgekitError(
             "the digits dataset needs scikit-learn",
-            "install the build extra: pip install 'edgekit[build]'",
+            "install the build extra: pip install 'edgekit-toolchain[build]'",
         ) from None
     d = load_digits()
     img = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)  # [1797, 8, 8]

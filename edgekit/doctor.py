@@ -34,6 +34,8 @@ import shutil
 import subprocess
 from importlib import metadata
 
+from edgekit import DIST_NAME
+
 #: Version of the JSON layout written by ``edgekit doctor --json``.
 SCHEMA_VERSION = 1
 
@@ -242,8 +244,14 @@ def _version(dist: str) -> str | None:
 
 
 def _import(name: str):
-    """Import ``name`` if installed; returns ``(module or None, error or None)``."""
-    if importlib.util.find_spec(name) is None:
+    """Import ``name`` if installed; returns ``(module or None, error or None)``.
+
+    A namespace-only folder (e.g. the ``tensorrt/`` stubs of ``tensorrt-stubs``) counts
+    as not installed (:func:`edgekit.backends.base.is_installed`).
+    """
+    from edgekit.backends.base import is_installed
+
+    if not is_installed(name):
         return None, None
     try:
         return importlib.import_module(name), None
@@ -330,6 +338,34 @@ def target_status(gpu: dict, target_files=None) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- problems
+
+
+def problems(sw: dict) -> list[dict]:
+    """What is installed but cannot work together, each with its fix.
+
+    - GPU packages built for different CUDA majors (:mod:`edgekit.cuda_compat`);
+    - TensorRT's Python bindings present but not for this Python, or failing to
+      import (:mod:`edgekit.trt_python`).
+
+    Args:
+        sw: :func:`software_info`'s dict (its ``tensorrt`` entry is used).
+
+    Returns:
+        ``[{"problem": str, "fix": str}, ...]``, empty when all is well.
+    """
+    from edgekit.cuda_compat import installed_cuda_majors, mismatch_problem
+    from edgekit.trt_python import bindings_problem
+
+    out = []
+    if p := mismatch_problem(installed_cuda_majors()):
+        out.append(p)
+    trt = sw["tensorrt"]
+    if p := bindings_problem(trt["error"], imported=trt["version"] is not None):
+        out.append(p)
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -348,7 +384,7 @@ def doctor(target_files=None) -> dict:
     sw["cuda"] = {"runtime": gpu["cuda_runtime"], "driver": gpu["cuda_driver"]}
     return {
         "schema_version": SCHEMA_VERSION,
-        "edgekit": _version("edgekit"),
+        "edgekit": _version(DIST_NAME),
         "machine": {
             "arch": platform.machine(),
             "system": platform.system(),
@@ -359,6 +395,7 @@ def doctor(target_files=None) -> dict:
         "gpu": gpu,
         "software": sw,
         "targets": target_status(gpu, target_files),
+        "problems": problems(sw),
     }
 
 
@@ -456,3 +493,5 @@ def print_report(rep: dict, console=None) -> None:
             esc(r["reason"] or ""),
         )
     con.print(tt)
+    for p in rep.get("problems", []):
+        con.print(f"[red]problem:[/red] {esc(p['problem'])}\n  [bold]fix:[/bold] {esc(p['fix'])}")

@@ -73,7 +73,7 @@ def load_image(path: str | Path, height: int, width: int, resize: bool = True):
         from PIL import Image, ImageOps
     except ImportError:
         raise EdgekitError(
-            "reading images needs Pillow", "pip install 'edgekit[runtime]' (or pillow)"
+            "reading images needs Pillow", "pip install 'edgekit-toolchain[runtime]' (or pillow)"
         ) from None
     from edgekit.data import check_image_size
 

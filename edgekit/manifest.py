@@ -17,6 +17,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from edgekit import DIST_NAME
 from edgekit.errors import EdgekitError
 from edgekit.fileio import sha256_file, write_json
 
@@ -28,7 +29,7 @@ REQUIRED = ("schema", "target", "backend", "precision", "artifact", "files", "io
 
 #: Packages whose versions are recorded in manifests and results (from metadata, not imported).
 VERSIONED = (
-    "edgekit",
+    "edgekit",  # recorded under the import name; its distribution is DIST_NAME
     "numpy",
     "torch",
     "torchvision",
@@ -48,7 +49,7 @@ def package_versions(names=VERSIONED) -> dict[str, str]:
     out = {}
     for n in names:
         try:
-            out[n] = metadata.version(n)
+            out[n] = metadata.version(DIST_NAME if n == "edgekit" else n)
         except metadata.PackageNotFoundError:
             continue
     return out

@@ -43,7 +43,7 @@ def table(rows: list[dict], title: str = "edgekit benchmark"):
     multi = _multi_run(rows)
     for r in rows:
         cells = _cells(r, multi)
-        cells[1] = escape(cells[1])  # reasons hold "edgekit[gpu]"-like text, not markup
+        cells[1] = escape(cells[1])  # reasons hold "edgekit-toolchain[gpu]"-like text, not markup
         t.add_row(*cells)
     return t
 

@@ -23,13 +23,18 @@ replaces it.
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
 from edgekit.schema import Choice, Dict, Field, ListOf, Str, validate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6): the same parser, from the tomli package
+    import tomli as tomllib
 
 PRECISIONS = ("fp32", "fp16", "int8")
 #: A target name is an identifier, never a path: it names ``WORK/artifacts/NAME``.

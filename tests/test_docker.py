@@ -8,20 +8,27 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
+from edgekit.targets import tomllib  # tomllib, or tomli on Python 3.10
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 IMAGES = ("jetson", "rpi", "cpu")
 CHECK_ARM64 = DOCKER / "rpi" / "check-arm64.sh"
-#: image -> the extra whose packages it must install in full.
-PRIMARY_EXTRA = {"jetson": "gpu", "rpi": "cpu", "cpu": "cpu"}
+#: image -> the extra whose packages it must install in full (None: see JETSON_GPU).
+PRIMARY_EXTRA = {"jetson": None, "rpi": "cpu", "cpu": "cpu"}
 #: (image, package) installed without the pyproject pin, and why.
-UNPINNED_OK = {("jetson", "torch"): "one PyTorch build per JetPack on NVIDIA's Jetson index"}
+UNPINNED_OK = {
+    ("jetson", "torch"): "one PyTorch build per JetPack on NVIDIA's Jetson index",
+    ("jetson", "onnxruntime-gpu"): "one build per JetPack (and CUDA) on NVIDIA's Jetson index",
+}
+#: The Jetson image's GPU packages: the JetPack's CUDA major, not the gpu extra's CUDA 13
+#: (JetPack 6 is CUDA 12.6). Checked by test_jetson_gpu_packages_follow_the_jetpack.
+JETSON_GPU = ("onnxruntime-gpu", "torch", "array-api-compat")
 
 
 def extras(pyproject: dict | None = None) -> dict[str, dict[str, str]]:
@@ -102,12 +109,14 @@ def drift(image: str, dockerfile: Path, declared: dict[str, dict[str, str]]) -> 
     if unknown:
         problems.append(f"{image}: installs unknown extra(s) {sorted(unknown)}")
     installed = {n: s for e in ex & set(declared) for n, s in declared[e].items()} | reqs
-    primary = declared[PRIMARY_EXTRA[image]]
+    primary = declared[PRIMARY_EXTRA[image]] if PRIMARY_EXTRA[image] else {}
     for name, spec in primary.items():
         if name not in installed:
             problems.append(f"{image}: misses {name}{spec} of the {PRIMARY_EXTRA[image]} extra")
     everywhere = {n: s for e in declared.values() for n, s in e.items()}
     for name, spec in reqs.items():
+        if image == "jetson" and name.startswith("cupy-cuda"):
+            continue  # the JetPack's CUDA major: test_jetson_gpu_packages_follow_the_jetpack
         if name not in everywhere:
             problems.append(f"{image}: installs {name}, which no extra declares")
         elif (image, name) in UNPINNED_OK and spec == "":
@@ -127,15 +136,23 @@ def test_image_packages_match_extras(image):
     assert ex or reqs, f"no package installation found in {df}"
 
 
-def test_drift_is_detected():
+def test_drift_is_detected(tmp_path):
     """The check above can fail: a changed pin or a new package in an extra shows up."""
     data = tomllib.loads((REPO / "pyproject.toml").read_text())
     deps = data["project"]["optional-dependencies"]
-    deps["gpu"] = [*deps["gpu"], "tensorrt-lean>=10"]
+    for extra in ("gpu", "build"):  # both declare array-api-compat
+        deps[extra] = [
+            r if not r.startswith("array-api") else "array-api-compat>=9" for r in deps[extra]
+        ]
     deps["build"] = [r if not r.startswith("torch==") else "torch==9.9.9" for r in deps["build"]]
     declared = extras(data)
+    bare = tmp_path / "Dockerfile"
+    bare.write_text('FROM x\nRUN pip install "pillow>=10"\n')  # not the cpu extra
     assert any(
-        "misses tensorrt-lean" in p
+        "misses onnxruntime>=1.20 of the cpu extra" in p for p in drift("rpi", bare, declared)
+    )
+    assert any(
+        "array-api-compat>=1.9 but pyproject says" in p
         for p in drift("jetson", DOCKER / "jetson" / "Dockerfile", declared)
     )
     assert any(
@@ -178,9 +195,51 @@ def test_image_rules(image):
 
 
 def test_jetson_health_check_and_jetpack7_arg():
-    ins = _instructions((DOCKER / "jetson" / "Dockerfile").read_text())
-    assert any(i.startswith("HEALTHCHECK") and '"doctor"' in i for i in ins)
+    text = (DOCKER / "jetson" / "Dockerfile").read_text()
+    ins = _instructions(text)
+    hc = [i for i in ins if i.startswith("HEALTHCHECK")]
+    assert len(hc) == 1 and "edgekit doctor --require-gpu" in hc[0]
+    assert "import tensorrt" in hc[0]
     assert "ARG BASE_IMAGE=nvcr.io/nvidia/l4t-jetpack:r36.4.0" in ins
+    # the JetPack 7 variant stays a build argument, documented in the header
+    assert "--build-arg BASE_IMAGE=nvcr.io/nvidia/tensorrt:" in text
+    assert "--build-arg CUPY=cupy-cuda13x" in text
+
+
+def _jetson_args() -> dict[str, str]:
+    ins = _instructions((DOCKER / "jetson" / "Dockerfile").read_text())
+    return {
+        k.strip(): v.strip()
+        for i in ins
+        if i.startswith("ARG ")
+        for k, _, v in [i[4:].partition("=")]
+    }
+
+
+def test_jetson_uses_the_system_python_for_tensorrt():
+    """JetPack 6's TensorRT bindings are for its python3 (3.10): no other interpreter."""
+    text = (DOCKER / "jetson" / "Dockerfile").read_text()
+    ins = " ".join(_instructions(text))
+    assert "python3 -m venv --system-site-packages /opt/edgekit" in ins
+    assert not re.search(r"python3\.\d+", ins), "a versioned python would miss the bindings"
+    assert "find_spec('tensorrt')" in ins  # the build stops without the bindings
+
+
+def test_jetson_gpu_packages_follow_the_jetpack():
+    """CuPy's CUDA major is the Jetson index's (cu126 -> 12); the rest as JETSON_GPU says."""
+    from edgekit.cuda_compat import cuda_major
+
+    args = _jetson_args()
+    index_major = int(re.search(r"/cu(\d+)$", args["JETSON_INDEX"]).group(1)) // 10
+    _, reqs = image_packages(DOCKER / "jetson" / "Dockerfile")
+    cupy = [n for n in reqs if n.startswith("cupy-cuda")]
+    assert len(cupy) == 1 and cuda_major(cupy[0]) == index_major == 12, (cupy, args)
+    assert set(JETSON_GPU) <= set(reqs)
+    assert "onnxruntime" not in reqs
+    # the documented JetPack 7 build arguments agree with each other too
+    text = (DOCKER / "jetson" / "Dockerfile").read_text()
+    jp7_index = re.search(r"JETSON_INDEX=\S+/cu(\d+)", text.split("JetPack 7", 1)[1])
+    assert int(jp7_index.group(1)) // 10 == cuda_major("cupy-cuda13x") == 13
 
 
 def _bash_array(name: str) -> list[str]:
@@ -189,12 +248,20 @@ def _bash_array(name: str) -> list[str]:
     return shlex.split(m.group(1))
 
 
-def test_check_arm64_parses():
+@pytest.mark.parametrize("script", [CHECK_ARM64, DOCKER / "rpi" / "check-arm64-device.sh"])
+def test_check_arm64_parses(script):
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("bash not installed")
-    p = subprocess.run([bash, "-n", str(CHECK_ARM64)], capture_output=True, text=True)
+    p = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_check_arm64_device_installs_the_runtime_wheel_only():
+    """The device-workflow check installs the built wheel with the runtime extra, no torch."""
+    text = (DOCKER / "rpi" / "check-arm64-device.sh").read_text()
+    assert '"$WHEEL[runtime]"' in text and '"edgekit-toolchain[runtime]"' in text
+    assert "torch" not in re.sub(r"#.*", "", text)  # comments may say "no torch"
 
 
 def test_check_arm64_packages_match_extras():

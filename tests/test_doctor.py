@@ -178,7 +178,7 @@ def test_cli_without_torch():
     table = _cli("doctor", env_code="import sys; sys.modules['torch'] = None")
     assert table.returncode == 0 and "not installed" in table.stdout
     # reasons are printed literally, not read as rich markup ("[build]" survives)
-    assert "edgekit[build]" in table.stdout
+    assert "edgekit-toolchain[build]" in table.stdout
 
 
 def test_foreign_cpuinfo_under_emulation(monkeypatch):

@@ -6,7 +6,7 @@ Two proofs that the path works with torch absent:
   ``torchvision``, ``onnx``, ``sklearn`` and ``matplotlib`` are blocked
   (``sys.modules[name] = None``: ``import`` raises ModuleNotFoundError and
   ``importlib.util.find_spec`` answers None, as if they were not installed);
-- a slow test builds a real virtual environment with ``edgekit[runtime]`` only
+- a slow test builds a real virtual environment with ``edgekit-toolchain[runtime]`` only
   (skipped, with the reason, when the package index cannot be reached).
 
 The small ORT artifact is built from the ``tiny_workspace`` fixture; the
@@ -117,7 +117,7 @@ def test_blocker_hides_torch(artifacts):
     )
     assert code == 2
     line = _one_error_line(err)
-    assert "torch not installed" in line and "edgekit[build]" in line
+    assert "torch not installed" in line and "edgekit-toolchain[build]" in line
     assert "torch" not in loaded
 
 
@@ -316,7 +316,7 @@ def test_build_command_without_torch_names_the_extra(tmp_path):
     code, _, err, _ = edgekit_no_torch("export", "--work-dir", tmp_path / "w")
     assert code == 2
     line = _one_error_line(err)
-    assert "edgekit[build]" in line
+    assert "edgekit-toolchain[build]" in line
 
 
 # --- a real virtual environment with the runtime install only -----------------------
@@ -339,7 +339,9 @@ def test_runtime_install_in_a_fresh_venv(artifacts, tiny_npz, expected, tmp_path
         timeout=300,
     )
     if r.returncode != 0:
-        pytest.skip(f"cannot install edgekit[runtime] here (no package index?): {r.stderr[-300:]}")
+        pytest.skip(
+            f"cannot install edgekit-toolchain[runtime] here (no package index?): {r.stderr[-300:]}"
+        )
     probe = subprocess.run(
         [
             str(py),

@@ -5,7 +5,6 @@ NOT run anywhere in these tests (no TensorRT here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import types
@@ -14,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit.backends.base import is_installed  # noqa: E402
 from edgekit.backends.gpu import check_batch_in_range
 from edgekit.backends.tensorrt import engine_mismatch, plan_build, profile_shapes, trt_major
 from edgekit.errors import EdgekitError
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_TRT = is_installed("tensorrt")  # not the tensorrt-stubs' folder of .pyi files
 INT8 = {"int8_mode": "qdq"}
 
 

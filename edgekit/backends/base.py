@@ -151,7 +151,7 @@ class Backend:
 
     Attributes:
         name: the ``backend`` value in target files.
-        packages: import names the backend needs (checked with ``find_spec``).
+        packages: import names the backend needs (checked with :func:`is_installed`).
         install_hint: what to install when they are missing.
         option_defaults: precision -> option name -> default. Keys define the
             allowed options; a target file naming another key is an error.
@@ -242,12 +242,17 @@ class Backend:
 
 
 def is_installed(name: str) -> bool:
-    """Whether the module ``name`` (``pkg`` or ``pkg.sub``) can be imported, without importing it.
+    """Whether the module ``name`` (``pkg`` or ``pkg.sub``) is installed, without importing it.
 
     ``importlib.util.find_spec("pkg.sub")`` imports ``pkg`` (runs its code) to find
     ``sub``; here each level is located with the path finder from its parent's
     search locations instead, so a target file naming ``packages = ["this.x"]`` or
     ``["evil.x"]`` runs nothing.
+
+    A folder without ``__init__.py`` is only a namespace package to Python: the
+    ``tensorrt/`` folder of ``.pyi`` stubs that ``tensorrt-stubs`` (the dev group)
+    installs imports as an empty module, and it is not TensorRT, so namespace
+    packages count as not installed.
     """
     parts = name.split(".")
     try:
@@ -259,7 +264,7 @@ def is_installed(name: str) -> bool:
             spec = importlib.machinery.PathFinder.find_spec(part, locations)
     except (ImportError, ValueError):
         return False
-    return spec is not None
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
 def onnx_io(onnx_path: Path) -> dict:

@@ -54,7 +54,7 @@ def require_cuda() -> Any:
         import cupy
     except ImportError:
         raise UnavailableError(
-            "CuPy is not installed", "install edgekit[gpu] on a machine with a CUDA GPU"
+            "CuPy is not installed", "install edgekit-toolchain[gpu] on a machine with a CUDA GPU"
         ) from None
     try:
         n = cupy.cuda.runtime.getDeviceCount()
@@ -113,6 +113,9 @@ class GpuRunner:
         batch_range: ``(min, max)`` batch sizes (the engine's profile).
         cuda_graph: capture ``launch`` into a CUDA graph per batch size and replay
             it (for launch-bound small models; the launcher must be capturable).
+        graph_by: who captures the graph: ``"runner"`` (this class, CuPy stream
+            capture around ``launch``) or ``"launcher"`` (the launcher replays a graph
+            of its own, e.g. ONNX Runtime's CUDA graph; the runner only reports it).
         on_shape: ``on_shape(n)`` called before the first launch of a new batch
             size (TensorRT: ``set_input_shape``), outside any graph capture.
     """
@@ -127,6 +130,7 @@ class GpuRunner:
         batch_range: tuple[int, int | None],
         cuda_graph: bool = False,
         on_shape: Callable[[int], None] | None = None,
+        graph_by: str = "runner",
     ):
         cp = require_cuda()
         self.cp = cp
@@ -136,6 +140,7 @@ class GpuRunner:
         self.num_outputs = int(num_outputs)
         self.batch_range = batch_range
         self.cuda_graph = cuda_graph
+        self.graph_by = graph_by
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.events = [cp.cuda.Event() for _ in range(4)]
         self._bufs: dict[int, tuple] = {}
@@ -158,7 +163,7 @@ class GpuRunner:
         return self._bufs[n]
 
     def _infer(self, d_in, d_out, n):
-        if not self.cuda_graph:
+        if not self.cuda_graph or self.graph_by != "runner":
             self.launch(d_in, d_out, n, self.stream)
             return
         g = self._graphs.get(n)
@@ -209,6 +214,8 @@ class GpuRunner:
     def gpu_report(self) -> dict:
         """Latency with and without copies (median/p90 over calls so far, ms) and memory."""
         rep: dict = {"cuda_graph": self.cuda_graph, **gpu_memory_mb()}
+        if self.cuda_graph:
+            rep["cuda_graph_by"] = self.graph_by
         if self.timings:
             for k in ("with_copies_ms", "compute_ms"):
                 v = np.array([t[k] for t in self.timings])
@@ -220,42 +227,90 @@ class GpuRunner:
         self._bufs.clear()
 
 
+def ort_provider_options(provider: str, stream_ptr: int, cuda_graph: bool = False) -> list:
+    """The ``providers`` list for an ONNX Runtime session on the runner's stream.
+
+    - No ``device_id``: device 0 is the default, and since ONNX Runtime 1.26 a
+      ``device_id`` option makes session creation first look for a *plugin* EP device
+      of that name, logging ``No registered plugin EP device found for
+      'CUDAExecutionProvider' with device_id=0`` at WARNING on every session when none
+      is registered (onnxruntime_pybind_state.cc; reported in immich-app/immich#30530).
+      Leaving it out removes that one message; the log level stays as it was, so real
+      warnings still show.
+    - ``cuda_graph``: ONNX Runtime's own CUDA-graph capture (``enable_cuda_graph``;
+      ONNX Runtime docs, CUDA EP, "Using CUDA Graphs"): it needs IOBinding to the same
+      device addresses on every run, which the runner's per-batch-size buffers give.
+    - TensorRT EP: with the CUDA EP after it for nodes TensorRT does not take.
+
+    Args:
+        provider: ``CUDAExecutionProvider`` or ``TensorrtExecutionProvider``.
+        stream_ptr: the CUDA stream (``cupy.cuda.Stream.ptr``) ORT must run on.
+        cuda_graph: ask ORT's CUDA EP to capture and replay a CUDA graph.
+
+    Returns:
+        ``[(name, {option: str}), ...]`` for ``onnxruntime.InferenceSession``.
+    """
+    cuda = {"user_compute_stream": str(stream_ptr)}
+    if cuda_graph:
+        cuda["enable_cuda_graph"] = "1"
+    if provider == "TensorrtExecutionProvider":
+        trt = {"user_compute_stream": str(stream_ptr), "has_user_compute_stream": "1"}
+        return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda)]
+    if provider != "CUDAExecutionProvider":
+        raise EdgekitError(f"the GPU runner does not drive {provider}")
+    return [("CUDAExecutionProvider", cuda)]
+
+
 def ort_cuda_runner(path, manifest: dict, threads: int | None) -> GpuRunner:
-    """ONNX Runtime with the CUDA execution provider behind :class:`GpuRunner`.
+    """ONNX Runtime with the CUDA (or TensorRT) execution provider behind :class:`GpuRunner`.
 
     ORT runs on the runner's stream (``user_compute_stream``) and reads/writes the
     CuPy buffers in place through IOBinding (``bind_input``/``bind_output`` with
-    device pointers), so the copies and their timing are the runner's.
+    device pointers), so the copies and their timing are the runner's. With the
+    manifest's ``cuda_graph`` option, ORT captures one CUDA graph per batch size
+    (run option ``gpu_graph_id``) and replays it; ORT, not the runner, captures,
+    because ORT's ``Run`` synchronizes its stream, which a stream capture forbids.
 
     Raises:
-        UnavailableError: no CUDA GPU/CuPy, or no CUDAExecutionProvider.
+        UnavailableError: no CUDA GPU/CuPy, or the execution provider is missing.
     """
     import onnxruntime as ort
 
     require_cuda()
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    opts = manifest.get("options", {})
+    provider = opts.get("execution_provider", "CUDAExecutionProvider")
+    cuda_graph = bool(opts.get("cuda_graph", False))
+    if provider not in ort.get_available_providers():
         raise UnavailableError(
-            "CUDAExecutionProvider is not in this onnxruntime", "install edgekit[gpu]"
+            f"{provider} is not in this onnxruntime", "install edgekit-toolchain[gpu]"
         )
     io = manifest["io"]
     b = io.get("batch")
     batch_range = (b["min"], b["max"]) if b else (1, None)
     holder: dict = {}
+    graph_ids: dict[int, int] = {}
 
     def make_session(stream):
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.intra_op_num_threads = int(threads or 0)
-        opts = {"device_id": 0, "user_compute_stream": str(stream.ptr)}
-        return ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", opts)])
+        providers = ort_provider_options(provider, stream.ptr, cuda_graph)
+        return ort.InferenceSession(str(path), so, providers=providers)
 
     def launch(d_in, d_out, n, stream):
         sess = holder.get("sess") or holder.setdefault("sess", make_session(stream))
         bind = sess.io_binding()
         bind.bind_input(io["input"], "cuda", 0, np.float32, list(d_in.shape), d_in.data.ptr)
         bind.bind_output(io["output"], "cuda", 0, np.float32, list(d_out.shape), d_out.data.ptr)
-        sess.run_with_iobinding(bind)
+        if cuda_graph:
+            ro = ort.RunOptions()
+            ro.add_run_config_entry("gpu_graph_id", str(graph_ids.setdefault(n, len(graph_ids))))
+            sess.run_with_iobinding(bind, ro)
+        else:
+            sess.run_with_iobinding(bind)
 
     c, h, w = io["input_shape"][1:]
     num_out = io["output_shape"][-1]
-    return GpuRunner(launch, (c, h, w), int(num_out), batch_range, cuda_graph=False)
+    return GpuRunner(
+        launch, (c, h, w), int(num_out), batch_range, cuda_graph=cuda_graph, graph_by="launcher"
+    )

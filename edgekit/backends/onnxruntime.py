@@ -1,4 +1,6 @@
-"""ONNX Runtime backend: ``ort-cpu`` (FP32) and ``ort-cpu-int8`` (static INT8).
+"""ONNX Runtime backend: ``ort-cpu`` (FP32), ``ort-cpu-int8`` (static INT8) and the GPU
+targets ``ort-cuda`` (FP32, CUDA EP), ``ort-cuda-fp16`` (an FP16 ONNX on the CUDA EP)
+and ``ort-trt`` (ONNX Runtime's TensorRT EP).
 
 The runner needs only ``onnxruntime`` and NumPy, so it works in the runtime
 install on a device. Sessions use the execution provider recorded in the
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.backends.base import Backend, BuildContext, BuildResult, onnx_io
+from edgekit.backends.base import Backend, BuildContext, BuildResult, is_installed, onnx_io
 from edgekit.errors import EdgekitError
 from edgekit.manifest import artifact_path
 from edgekit.schema import Bool, Choice, Int, ListOf, Num, Str
@@ -54,9 +56,13 @@ INT8_DEFAULTS = {
     "strip_names": True,
 }
 
+#: The execution providers whose sessions run on the GPU runner (edgekit/backends/gpu.py).
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
 #: Type, allowed values and range of every option (see docs/targets.md).
 OPTION_SPECS = {
     "execution_provider": Str(r"[A-Za-z][A-Za-z0-9]*ExecutionProvider"),
+    "cuda_graph": Bool(),
     "quant_format": Choice("QDQ", "QOperator"),
     "per_channel": Bool(),
     "calibration_method": Choice("MinMax", "Entropy", "Percentile"),
@@ -90,12 +96,12 @@ class OrtRunner:
             raise EdgekitError(
                 f"execution provider {provider} is not available in this onnxruntime "
                 f"(it has {', '.join(ort.get_available_providers())})",
-                "install edgekit[gpu] for CUDAExecutionProvider",
+                "install edgekit-toolchain[gpu] for CUDAExecutionProvider",
             )
         try:
             self.session = ort.InferenceSession(str(path), so, providers=[provider])
         except Exception as e:
-            raise EdgekitError(f"ONNX Runtime cannot load {path}: {e}") from None
+            raise load_error(path, e, manifest, ort.__version__) from None
         self.input = manifest["io"]["input"]
         self.device = "cuda" if provider.startswith(("CUDA", "Tensorrt")) else "cpu"
         b = manifest["io"].get("batch")
@@ -109,15 +115,61 @@ class OrtRunner:
         self.session = None
 
 
+def _release(v: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", v.split("+")[0])[:3])
+
+
+def load_error(path, err: Exception, manifest: dict, installed: str) -> EdgekitError:
+    """The error for an artifact ONNX Runtime refused to load.
+
+    When the manifest says the artifact was built with a newer onnxruntime than the
+    one here (a device behind the build host: an opset or IR version it does not
+    know), the message names both versions.
+    """
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    versions = manifest.get("versions") or {}
+    built = versions.get("onnxruntime") or versions.get("onnxruntime-gpu")
+    if built and _release(built) > _release(installed):
+        return EdgekitError(
+            f"ONNX Runtime {installed} cannot load {path}, built with onnxruntime {built}: {first}",
+            f"install onnxruntime>={'.'.join(map(str, _release(built)[:2]))} here, or rebuild "
+            "the artifact with a lower --opset for this device",
+        )
+    return EdgekitError(f"ONNX Runtime cannot load {path}: {first}")
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     packages = ("onnxruntime",)
-    install_hint = "pip install 'edgekit[cpu]'"
+    install_hint = "pip install 'edgekit-toolchain[cpu]'"
     option_defaults = {
-        "fp32": {"execution_provider": "CPUExecutionProvider"},
+        "fp32": {"execution_provider": "CPUExecutionProvider", "cuda_graph": False},
+        # an FP16 ONNX (FP32 inputs/outputs) from edgekit.qdq.make_fp16_onnx, as trt-fp16's
+        "fp16": {"execution_provider": "CUDAExecutionProvider", "cuda_graph": False},
         "int8": INT8_DEFAULTS,
     }
     option_specs = OPTION_SPECS
+
+    def resolve_options(self, precision: str, options, where: str = "") -> dict:
+        """As :meth:`Backend.resolve_options`, and ``cuda_graph`` only with the CUDA EP.
+
+        Raises:
+            EdgekitError: also ``cuda_graph = true`` with another execution provider.
+        """
+        opts = super().resolve_options(precision, options, where)
+        if opts.get("cuda_graph") and opts["execution_provider"] != "CUDAExecutionProvider":
+            raise EdgekitError(
+                f"{where}: cuda_graph = true needs execution_provider = "
+                f'"CUDAExecutionProvider", not {opts["execution_provider"]!r}',
+                "remove cuda_graph or use the CUDA execution provider",
+            )
+        if opts["execution_provider"] != "CUDAExecutionProvider":
+            # only the CUDA EP has it: an ort-cpu manifest stays readable by an older
+            # edgekit on the device, which does not know the option
+            opts.pop("cuda_graph", None)
+        return opts
 
     def unavailable_reason(self, target) -> str | None:
         reason = super().unavailable_reason(target)
@@ -126,13 +178,22 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         ep = target.options.get("execution_provider", "CPUExecutionProvider")
-        if ep.startswith("CUDA") and target.requires.get("device") == "cuda":
+        if target.precision == "fp16" and not is_installed("onnxconverter_common"):
+            return (
+                "onnxconverter-common not installed (it writes the FP16 ONNX; "
+                "pip install 'edgekit-toolchain[build]')"
+            )
+        if ep == "TensorrtExecutionProvider":
+            return ort_trt_unavailable_reason(target)
+        if ep in GPU_PROVIDERS and target.requires.get("device") == "cuda":
             from edgekit.calibration import cuda_available
 
             if not cuda_available():
-                return "needs a CUDA GPU and CuPy (none found; pip install 'edgekit[gpu]')"
+                return (
+                    "needs a CUDA GPU and CuPy (none found; pip install 'edgekit-toolchain[gpu]')"
+                )
         if ep not in ort.get_available_providers():
-            return f"{ep} not in this onnxruntime (pip install 'edgekit[gpu]' on a CUDA machine)"
+            return f"{ep} not in this onnxruntime (pip install 'edgekit-toolchain[gpu]' on a CUDA machine)"
         return None
 
     def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:
@@ -143,6 +204,8 @@ class OnnxRuntimeBackend(Backend):
             )
         if target.precision == "int8":
             return build_int8(ctx, target.options, out_dir, where=target.name)
+        if target.precision == "fp16":
+            return build_fp16(ctx, out_dir)
         shutil.copyfile(ctx.onnx_path, out_dir / ARTIFACT)
         return BuildResult(artifact=ARTIFACT, io=onnx_io(out_dir / ARTIFACT))
 
@@ -169,11 +232,71 @@ class OnnxRuntimeBackend(Backend):
             )
 
     def load(self, artifact_dir: Path, manifest: dict, threads: int | None) -> OrtRunner:
-        if manifest.get("options", {}).get("execution_provider") == "CUDAExecutionProvider":
+        if manifest.get("options", {}).get("execution_provider") in GPU_PROVIDERS:
             from edgekit.backends.gpu import ort_cuda_runner  # CuPy buffers, IOBinding
 
             return ort_cuda_runner(artifact_path(artifact_dir, manifest), manifest, threads)
         return OrtRunner(artifact_path(artifact_dir, manifest), manifest, threads)
+
+
+def ort_trt_unavailable_reason(target) -> str | None:
+    """Everything ``ort-trt`` misses here, in one reason; None when it can run.
+
+    It needs a CUDA GPU with CuPy (the GPU runner), onnxruntime-gpu's
+    ``TensorrtExecutionProvider``, and TensorRT's own libraries, which ONNX Runtime
+    loads when the session starts (they are not part of onnxruntime-gpu).
+    """
+    import onnxruntime as ort
+
+    from edgekit.calibration import cuda_available
+
+    missing = []
+    if target.requires.get("device") == "cuda" and not cuda_available():
+        missing.append("a CUDA GPU and CuPy (none found)")
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        missing.append("onnxruntime-gpu's TensorrtExecutionProvider (not in this onnxruntime)")
+    if not tensorrt_libraries_found():
+        missing.append("TensorRT's libraries (libnvinfer not found)")
+    if not missing:
+        return None
+    return (
+        f"needs {'; '.join(missing)} (pip install 'edgekit-toolchain[gpu]' on a CUDA "
+        "machine; TensorRT from JetPack or NVIDIA's index)"
+    )
+
+
+def tensorrt_libraries_found() -> bool:
+    """Whether TensorRT's runtime library can be found (nothing is loaded).
+
+    Looks for the ``tensorrt``/``tensorrt_libs`` Python packages (NVIDIA's wheels) and
+    for ``libnvinfer`` on the library path (JetPack's packages).
+    """
+    import ctypes.util
+
+    return any(is_installed(m) for m in ("tensorrt_libs", "tensorrt")) or bool(
+        ctypes.util.find_library("nvinfer")
+    )
+
+
+def build_fp16(ctx: BuildContext, out_dir: Path) -> BuildResult:
+    """The FP16 ONNX of ``ctx.onnx_path`` (FP32 inputs/outputs), as ``trt-fp16`` makes it.
+
+    :func:`edgekit.qdq.make_fp16_onnx`: onnxconverter-common's float16 converter with
+    ``keep_io_types=True``; nodes whose activations overflow FP16 on four calibration
+    images per class stay FP32.
+
+    Returns:
+        BuildResult with the converter's record in ``extra["quantization"]["fp16"]``.
+    """
+    from edgekit.qdq import make_fp16_onnx
+
+    sample = ctx.preprocess and ctx.calib_split is not None
+    x = ctx.calibration_set(4)[0] if sample else None
+    rec = make_fp16_onnx(ctx.onnx_path, out_dir / ARTIFACT, x)
+    # recorded under "quantization": the manifest's record of how the weights were reduced
+    return BuildResult(
+        artifact=ARTIFACT, io=onnx_io(out_dir / ARTIFACT), extra={"quantization": {"fp16": rec}}
+    )
 
 
 def _choice(opts: dict, key: str, allowed: dict, where: str):

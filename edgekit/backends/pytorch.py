@@ -54,7 +54,7 @@ def _out_features(model) -> int | None:
 class PyTorchBackend(Backend):
     name = "pytorch"
     packages = ("torch",)
-    install_hint = "pip install 'edgekit[build]'"
+    install_hint = "pip install 'edgekit-toolchain[build]'"
     option_defaults = {"fp32": {}}
 
     def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:

@@ -266,13 +266,20 @@ class _EntropyCalibratorFactory:
     """Builds an ``IInt8EntropyCalibrator2`` subclass lazily (``tensorrt`` imported inside)."""
 
     @staticmethod
-    def make(trt, batches: list, input_name: str, cache, key: str):
+    def make(batches: list, input_name: str, cache, key: str):
         """A TensorRT-10 entropy calibrator over CuPy device batches.
 
         ``get_batch`` returns the device pointers (``batch.data.ptr``) of the CuPy
         arrays, the published method; ``read/write_calibration_cache`` use the
         edgekit calibration cache under ``key`` (ONNX hash + calibration hash).
+
+        TensorRT 10 only: TensorRT 11 removed the implicit INT8 calibrators and
+        ``IBuilderConfig.int8_calibrator`` (TensorRT 11 docs, "Removed Python APIs and
+        Replacements": explicit quantization with Q/DQ nodes); :func:`plan_build` never
+        asks for a calibrator on 11. ``tensorrt`` is imported here, not passed in, so
+        the type check (tests/test_tensorrt_types.py) sees these calls.
         """
+        import tensorrt as trt
 
         class Calibrator(trt.IInt8EntropyCalibrator2):
             def __init__(self):
@@ -336,7 +343,7 @@ def build_engine(
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
-    if calibrator is not None:
+    if calibrator is not None:  # TensorRT 10 only (plan_build): 11 removed both, see above
         config.int8_calibrator = calibrator
         config.set_calibration_profile(profile)
     tc_path = Path(cache_dir) / f"timing-trt{trt.__version__}.cache"
@@ -367,14 +374,14 @@ class TensorRTBackend(Backend):
     option_specs = OPTION_SPECS
 
     def unavailable_reason(self, target) -> str | None:
-        import importlib.util
+        from edgekit.backends.base import is_installed
 
-        if importlib.util.find_spec("tensorrt") is None:
+        if not is_installed("tensorrt"):
             return "TensorRT not installed (it comes from JetPack or NVIDIA's index)"
         from edgekit.calibration import cuda_available
 
         if not cuda_available():
-            return "needs a CUDA GPU (and CuPy: pip install 'edgekit[gpu]')"
+            return "needs a CUDA GPU (and CuPy: pip install 'edgekit-toolchain[gpu]')"
         return None
 
     def runtime_unavailable_reason(self, manifest: dict) -> str | None:
@@ -403,13 +410,16 @@ class TensorRTBackend(Backend):
 
         from edgekit.backends.gpu import gpu_info
 
+        if ctx.onnx_path is None:
+            raise EdgekitError("TensorRT targets are built from an ONNX file", "run edgekit export")
+        onnx_path = Path(ctx.onnx_path)
         plan = plan_build(trt.__version__, target.precision, target.options)
         onnx_file = out_dir / ONNX_FOR_TRT
         rec = write_onnx_for_trt(ctx, target, onnx_file, plan.onnx)
         io = onnx_io(onnx_file)
         chw = tuple(io["input_shape"][1:])
         shapes = profile_shapes(target.options, chw)
-        cache_dir = Path(ctx.onnx_path).parent / "cache"
+        cache_dir = onnx_path.parent / "cache"
         calibrator = None
         if plan.calibrator:
             from edgekit.calibration import CalibrationCache, cache_key, device_batches, hash_array
@@ -422,12 +432,12 @@ class TensorRTBackend(Backend):
             if batches[-1].shape[0] != batches[0].shape[0]:
                 batches = batches[:-1]  # TensorRT calibrators take a fixed batch size
             key = cache_key(
-                sha256_file(ctx.onnx_path),
+                sha256_file(onnx_path),
                 hash_array(x),
                 {"tool": "trt-entropy2", "trt": trt.__version__},
             )
             calibrator = _EntropyCalibratorFactory.make(
-                trt, batches, io["input"], CalibrationCache(cache_dir), key
+                batches, io["input"], CalibrationCache(cache_dir), key
             )
             rec["calibration"] = {
                 **crec,
@@ -464,7 +474,7 @@ class TensorRTBackend(Backend):
                 "TensorRT engines are not portable",
                 f"rebuild it here: edgekit build --target {manifest['target']} --force",
             )
-        return TrtRunner(artifact_path(artifact_dir, manifest), manifest, trt)
+        return TrtRunner(artifact_path(artifact_dir, manifest), manifest)
 
 
 class TrtRunner:
@@ -472,7 +482,9 @@ class TrtRunner:
 
     device = "cuda"
 
-    def __init__(self, path: Path, manifest: dict, trt):
+    def __init__(self, path: Path, manifest: dict):
+        import tensorrt as trt  # imported here, not passed in: the type check sees the calls
+
         from edgekit.backends.gpu import GpuRunner
 
         logger = trt.Logger(trt.Logger.WARNING)
@@ -522,7 +534,9 @@ class TrtRunner:
 
     def close(self) -> None:
         self.gpu.close()
-        self.context = self.engine = self.runtime = None
+        # drop the execution context before the engine, the engine before the runtime
+        for name in ("context", "engine", "runtime"):
+            self.__dict__.pop(name, None)
 
 
 BACKEND = TensorRTBackend()

@@ -168,7 +168,7 @@ class TorchScriptRunner:
 class TorchScriptBackend(Backend):
     name = "torchscript"
     packages = ("torch",)
-    install_hint = "pip install 'edgekit[build]'"
+    install_hint = "pip install 'edgekit-toolchain[build]'"
     option_defaults = {
         "fp32": {},
         "int8": {"engine": "auto", "calib_per_class": 32, "calib_batch": 32},
