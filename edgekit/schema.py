@@ -13,7 +13,7 @@ Why not pydantic or msgspec: the runtime install (numpy, onnxruntime, pillow,
 typer, rich) must stay lean and start fast; typer is pinned below 0.29 precisely
 to keep pydantic's start-up (+0.3-0.5 s) out. This module uses the standard
 library only (``dataclasses``, ``json``, ``math``, ``re``). Measured with
-``python -X importtime`` (2-core Cascade Lake, Python 3.11, 2026-11-28):
+``python -X importtime`` (2-core AMD EPYC, Python 3.11, 2026-11-28):
 2.8-3.4 ms for ``edgekit.schema`` itself once typer/json/re are loaded (as in
 every CLI command), 17-21 ms cumulative in a bare interpreter that imports
 ``re``/``json``/``dataclasses`` for it; ``edgekit --help`` does not import it
