@@ -37,6 +37,23 @@ Quick = Annotated[bool, typer.Option("--quick", help="Short measurement rules (d
 TargetFiles = Annotated[
     list[Path] | None, typer.Option("--target-file", help="Extra target TOML file(s).")
 ]
+TrustModel = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Your package.module:factory, trusted when a pytorch-fp32 checkpoint names it "
+        "(edgekit never imports code named only by a file).",
+    ),
+]
+
+
+def _trust(model: str | None) -> None:
+    """Record the user's own ``--model`` as trusted (children of this process inherit it)."""
+    if model:
+        from edgekit.models import trust_model
+
+        trust_model(model)
 
 
 def _at_least(option: str, value, low) -> None:
@@ -243,10 +260,13 @@ def build(
             "FP16) to WORK/onnx-for-tensorrt/TARGET, e.g. to build on a Jetson.",
         ),
     ] = False,
+    model: TrustModel = None,
 ):
     """Build one target from the work directory into WORK/artifacts/TARGET."""
     from edgekit.pipeline import Workspace
     from edgekit.pipeline import build as do_build
+
+    _trust(model)
 
     if onnx_only:
         rec = do_build(Workspace(work_dir), target, target_file, force=force, onnx_only=True)
@@ -302,12 +322,14 @@ def bench(
             help="Measure each artifact in a fresh process (own peak memory, crash-safe).",
         ),
     ] = True,
+    model: TrustModel = None,
 ):
     """Benchmark artifacts: latency percentiles, throughput, size and top-1/top-5.
 
     Each artifact is measured in a fresh process; one that fails is a row with the
     reason. Exit status: 0 when every row is ok; 1 when one failed or is
     unavailable; 2 for bad input."""
+    _trust(model)
     from edgekit.backends import get_backend
     from edgekit.errors import UnavailableError
     from edgekit.fileio import check_writable
@@ -545,8 +567,10 @@ def infer(
         ),
     ] = True,
     threads: Threads = None,
+    model: TrustModel = None,
 ):
     """Top-k classes with probabilities (softmax) of images, using the artifact's preprocessing."""
+    _trust(model)
     import json
 
     from edgekit.harness import check_threads

@@ -393,15 +393,15 @@ def check_model_trusted(name: str, where: str) -> None:
 
     Raises:
         EdgekitError: ``name`` is a ``package.module:factory`` the user did not pass
-            (``--model``, or ``EDGEKIT_TRUSTED_MODELS`` for bench/infer/build).
+            (``--model``, or ``EDGEKIT_TRUSTED_MODELS``).
     """
     if name in MODELS or name in trusted_models():
         return
     raise EdgekitError(
         f"checkpoint {where} names the model factory {name!r}; edgekit never imports code "
         "named by a file",
-        f"pass --model {name} yourself if you trust it (bench, infer, build: set "
-        f"{TRUST_ENV}={name})",
+        f"pass --model {name} yourself if you trust it (export, build, bench, infer; "
+        f"or set {TRUST_ENV}={name})",
     )
 
 

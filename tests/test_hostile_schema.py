@@ -414,6 +414,25 @@ def test_checkpoint_cannot_name_code(factory, tiny_workspace, tiny_npz, built, s
     assert tree_hash(tmp) == before  # mkdtemp made nothing in the monitored TMPDIR
 
 
+def test_cli_model_option_trusts_the_users_factory(built, tmp_path):
+    """infer of a pytorch-fp32 artifact whose checkpoint names a user factory: refused
+    without --model, run with the user's own --model (Deliver 3: only a user's explicit
+    --model may import code)."""
+    from edgekit.models import build_model, save_checkpoint
+
+    spec = "tests.usermodels:build"
+    art = tmp_path / "art"
+    shutil.copytree(built / "pytorch-fp32", art)
+    (art / "model.pt").unlink()
+    save_checkpoint(art / "model.pt", build_model(spec, 10), spec, 10, structure={})
+    rehash(art)
+    cmd = ["infer", "-a", art, "-i", built / "batch.npz", "--json"]
+    assert_refused(edgekit(*cmd), f"names the model factory {spec!r}", f"pass --model {spec}")
+    res = edgekit(*cmd, "--model", spec)
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout)["predictions"]) == 2
+
+
 def test_user_named_factory_is_still_loaded(tmp_path):
     """The user's own --model package.module:factory keeps working (and is remembered)."""
     from edgekit.models import TRUST_ENV, build_model, load_model, save_checkpoint
