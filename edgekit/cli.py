@@ -103,10 +103,23 @@ def _check_spec_numbers(epochs, seed, num_classes, opset) -> None:
 
 
 def _spec(
-    dataset, data_dir, model, weights, num_classes, norm, epochs, exporter, simplify, opset, seed
+    dataset,
+    data_dir,
+    model,
+    weights,
+    num_classes,
+    norm,
+    epochs,
+    exporter,
+    simplify,
+    opset,
+    seed,
+    device=None,
 ):
+    """The :class:`edgekit.pipeline.ModelSpec` of export/run/sweep, its numbers checked first."""
     from edgekit.pipeline import ModelSpec
 
+    _check_spec_numbers(epochs, seed, num_classes, opset)
     return ModelSpec(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
@@ -119,6 +132,7 @@ def _spec(
         simplify=simplify,
         opset=opset,
         seed=seed,
+        device=device,
     )
 
 
@@ -219,7 +233,6 @@ def export(
     """Export a model to ONNX (WORK/model.onnx), checked against PyTorch on real images."""
     from edgekit.pipeline import prepare
 
-    _check_spec_numbers(epochs, seed, num_classes, opset)
     spec = _spec(
         dataset,
         data_dir,
@@ -232,8 +245,8 @@ def export(
         simplify,
         opset,
         seed,
+        device,
     )
-    spec.device = device
     ws = prepare(
         spec,
         work_dir,
@@ -472,7 +485,6 @@ def run(
 
     for w in check_threads(threads):
         _log(f"warning: {w}")
-    _check_spec_numbers(epochs, seed, num_classes, opset)
     spec = _spec(
         dataset,
         data_dir,
@@ -485,12 +497,12 @@ def run(
         simplify,
         opset,
         seed,
+        device,
     )
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     if names and "pytorch-fp32" not in names:
         names.insert(0, "pytorch-fp32")
     spec.prune_ratio = prune_ratio
-    spec.device = device
     if finetune_epochs is not None or finetune_minutes is not None:
         from edgekit.prune import finetune_config
 
@@ -834,8 +846,6 @@ def sweep_cmd(
     from edgekit.sweep import sweep
 
     check_threads(threads)
-    _at_least("--seed", seed, 0)
-    _at_least("--epochs", epochs, 0)
     try:
         rs = [float(r) for r in ratios.split(",") if r.strip()]
     except ValueError:
@@ -846,7 +856,9 @@ def sweep_cmd(
     check_kd_features(kd_features, distill)
     resolve_device(device)  # a bad --device or fine-tuning budget fails before any work
     finetune_config(recipe, finetune_epochs, finetune_minutes, lr)
-    spec = _spec(dataset, data_dir, model, weights, None, None, epochs, "dynamo", True, 18, seed)
+    spec = _spec(
+        dataset, data_dir, model, weights, None, None, epochs, "dynamo", True, 18, seed, device
+    )
     spec.prune_options = {
         "importance": importance,
         "round_to": round_to if round_to > 1 else None,
@@ -858,7 +870,6 @@ def sweep_cmd(
         **({"recipe": recipe} if recipe else {}),
         **({"lr": lr} if lr is not None else {}),
     }
-    spec.device = device
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     cfg = BenchConfig.quick() if quick else BenchConfig()
     sweep(spec, work_dir, rs, targets=names, cfg=cfg, threads=threads, force=force, log=_log)
