@@ -22,6 +22,7 @@ Names (``--dataset``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +183,72 @@ def balanced_indices(
                 "ask for fewer images per class or use a larger split",
             )
         out.append(np.sort(rng.choice(idx, size=per_class, replace=False)))
+    return np.concatenate(out).astype(np.int64)
+
+
+def min_images_for_drop(max_drop: float) -> int:
+    """Smallest evaluation set on which one image is at most ``max_drop`` points of top-1.
+
+    One image is ``100 / n`` points, so measuring a drop of 0.1 point needs n >= 1,000.
+
+    Raises:
+        EdgekitError: ``max_drop`` not in (0, 100].
+    """
+    if not (isinstance(max_drop, (int, float)) and 0 < max_drop <= 100):
+        raise EdgekitError(f"a top-1 drop must be in (0, 100] points, got {max_drop!r}")
+    return int(math.ceil(100.0 / max_drop - 1e-9))
+
+
+def heldout_indices(
+    y: np.ndarray,
+    images: int,
+    exclude: np.ndarray | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> np.ndarray:
+    """A class-balanced held-out slice of a split, disjoint from ``exclude``.
+
+    Used to choose among quantization candidates (calibration ``auto``, accuracy-aware
+    fallback) on training images that were not used to calibrate, so that the test
+    split is never used to take a decision. Classes get ``images // C`` each and the
+    remainder goes to the first classes; the draw is reproducible for a seed.
+
+    Args:
+        y: int [N] labels of the split (normally train).
+        images: total images in the slice (>= number of classes).
+        exclude: int indices that must not be drawn (the calibration images).
+        seed: seed of ``numpy.random.default_rng`` (offset from the calibration seed's
+            stream, so the same seed gives independent draws).
+
+    Returns:
+        int64 [images] indices, grouped by class in label order.
+
+    Raises:
+        EdgekitError: fewer images than classes, or a class without enough unused images.
+    """
+    y = np.asarray(y)
+    n_cls = int(num_classes if num_classes is not None else y.max() + 1)
+    if images < n_cls:
+        raise EdgekitError(
+            f"a held-out slice of {images} images cannot hold one image of each of {n_cls} classes",
+            f"ask for at least {n_cls} images",
+        )
+    taken = np.zeros(len(y), dtype=bool)
+    if exclude is not None and len(exclude):
+        taken[np.asarray(exclude, dtype=np.int64)] = True
+    rng = np.random.default_rng([seed, 0x5EED])
+    base, extra = divmod(images, n_cls)
+    out = []
+    for c in range(n_cls):
+        want = base + (1 if c < extra else 0)
+        idx = np.flatnonzero((y == c) & ~taken)
+        if len(idx) < want:
+            raise EdgekitError(
+                f"class {c} has {len(idx)} training images not used for calibration; "
+                f"a held-out slice of {images} images needs {want} of each class",
+                "use a smaller slice, fewer calibration images, or a larger training split",
+            )
+        out.append(np.sort(rng.choice(idx, size=want, replace=False)))
     return np.concatenate(out).astype(np.int64)
 
 

@@ -106,3 +106,21 @@ def test_imagefolder_layout_is_resized_and_labelled(tmp_path):
     (tmp_path / "val").rename(tmp_path / "other")
     with pytest.raises(EdgekitError, match=r"train/ and test/ \(or val/\)"):
         load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_heldout_slice_is_balanced_disjoint_and_reproducible():
+    from edgekit.data import heldout_indices, min_images_for_drop
+
+    y = np.repeat(np.arange(4), 30)
+    calib = balanced_indices(y, 5, seed=0)
+    idx = heldout_indices(y, 42, calib, seed=0)
+    assert len(idx) == 42 and len(set(idx)) == 42
+    assert not set(idx) & set(calib)
+    assert np.bincount(y[idx]).tolist() == [11, 11, 10, 10]
+    assert np.array_equal(idx, heldout_indices(y, 42, calib, seed=0))
+    with pytest.raises(EdgekitError, match="needs 26 of each class"):
+        heldout_indices(y, 104, calib)  # 26 per class but only 25 unused per class
+    assert min_images_for_drop(0.1) == 1000
+    assert min_images_for_drop(1) == 100
+    with pytest.raises(EdgekitError, match=r"\(0, 100\]"):
+        min_images_for_drop(0)

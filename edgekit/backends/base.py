@@ -111,6 +111,44 @@ class BuildContext:
         }
         return x, self.calib_split.y[idx], rec
 
+    def validation_set(
+        self, images: int, calib_per_class: int
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
+        """A class-balanced held-out slice of the calibration split, for decisions.
+
+        Disjoint from :meth:`calibration_set` ``(calib_per_class)``; never the test
+        split. Quantization choices that compare top-1 (``calibration_method = "auto"``,
+        ``max_drop``) are made on it.
+
+        Returns:
+            ``(x float32 [images, 3, H, W], y int64 [images], record for the manifest)``.
+
+        Raises:
+            EdgekitError: no split to draw from, or too few unused images per class
+                (:func:`edgekit.data.heldout_indices`).
+        """
+        from edgekit.data import balanced_indices, heldout_indices
+
+        if self.calib_split is None:
+            raise EdgekitError(
+                "this target needs held-out training images to choose its quantization",
+                "give a dataset with --dataset (its train split is used)",
+            )
+        calib = balanced_indices(
+            self.calib_split.y, calib_per_class, self.seed, num_classes=len(self.classes)
+        )
+        idx = heldout_indices(
+            self.calib_split.y, images, calib, self.seed, num_classes=len(self.classes)
+        )
+        x = self.preprocess.apply(self.calib_split.x[idx])
+        rec = {
+            "split": self.calib_split_name,
+            "images": int(len(idx)),
+            "seed": self.seed,
+            "sampler": "class-balanced, disjoint from the calibration images",
+        }
+        return x, self.calib_split.y[idx], rec
+
     def calibration_for(self, target_name: str, per_class: int):
         """:meth:`calibration_set` with the error naming the target and its option.
 
