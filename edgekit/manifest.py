@@ -100,7 +100,8 @@ def make_manifest(
         "requires": target.get("requires", {}),
         "artifact": artifact,
         "files": files,
-        "size_bytes": files[artifact]["bytes"],
+        # every hashed file: an OpenVINO IR keeps its weights beside the .xml
+        "size_bytes": sum(f["bytes"] for f in files.values()),
         "io": io,
         "preprocess": preprocess,
         "classes": classes,

@@ -18,6 +18,8 @@ BACKENDS = {
     "onnxruntime": "edgekit.backends.onnxruntime",
     "torchscript": "edgekit.backends.torchscript",
     "tensorrt": "edgekit.backends.tensorrt",
+    "openvino": "edgekit.backends.openvino",
+    "executorch": "edgekit.backends.executorch",
 }
 
 
