@@ -10,8 +10,9 @@ Measures, on this machine and in one run, at batch 1 and one thread:
   Intel-CPU user would pick instead.
 
 Models: ResNet-20 (He et al. 2016) with the shared pretrained CIFAR-10 weights,
-and ResNet-18 with the CIFAR stem (random weights unless ``--resnet18-weights``
-is given: its latency is meaningful, its top-1 is not and is not reported).
+and ResNet-18 with the CIFAR stem with the shared trained checkpoint
+(``../shared/models/resnet18-cifar10-1ff45430.pt``, FP32 94.76%; random weights,
+latency only, when it is absent and no ``--resnet18-weights`` is given).
 
 Method: all runners are loaded in one process, then the latency is measured in
 ``--rounds`` interleaved rounds (the order of the targets rotates every round);
@@ -19,7 +20,9 @@ each round is a short MLPerf-SingleStream-style run (warm-up, then at least
 ``--round-queries`` queries and ``--round-seconds`` seconds) on one real,
 preprocessed test image. A target's p50 is the median of its per-round p50s,
 with the min-max over rounds; its speedup is the median of the per-round ratios
-``eager p50 / target p50`` (and their min-max), so slow drifts of the machine's
+``eager p50 / target p50`` (and their min-max), and likewise its ratio to the
+OpenVINO INT8 peer (``target p50 / peer p50``, below 1 = faster than OpenVINO),
+so slow drifts of the machine's
 load hit both sides of a ratio alike. INT8 targets are calibrated on
 class-balanced training images (edgekit's own sampler; OpenVINO gets the same
 ``--calib-per-class`` images per class). Top-1 is a separate pass over the whole
@@ -27,8 +30,8 @@ real CIFAR-10 test split.
 
 Usage (from the repository root)::
 
-    uv sync --extra cpu --extra build --extra peers
-    uv run --no-sync python benchmarks/side_by_side.py
+    uv sync --extra cpu --extra build --extra openvino --extra executorch
+    uv run --no-sync python benchmarks/side_by_side.py --models resnet18
 
 It writes ``benchmarks/results/side_by_side.{md,json}`` and prints the table.
 """
@@ -47,8 +50,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEKIT_SHARED", REPO.parent / "shared"))
-CPU_BACKENDS = ("pytorch", "onnxruntime", "torchscript")
+CPU_BACKENDS = ("pytorch", "onnxruntime", "torchscript", "openvino", "executorch")
 BASELINE = "pytorch-fp32"
+#: The peer every INT8 target is held against (issue 18: ort-cpu-int8 <= 1.05x its latency).
+PEER_INT8 = "openvino-int8-nncf"
 
 
 def log(msg: str) -> None:
@@ -224,6 +229,7 @@ def summarize(entries) -> None:
     from edgekit.harness import latency_stats
 
     base = next((e for e in entries if e["name"] == BASELINE and e.get("round_p50")), None)
+    peer = next((e for e in entries if e["name"] == PEER_INT8 and e.get("round_p50")), None)
     for e in entries:
         if not e.get("round_p50"):
             continue
@@ -235,6 +241,10 @@ def summarize(entries) -> None:
             ratios = [b / t for b, t in zip(base["round_p50"], rp, strict=True)]
             e["speedup"] = statistics.median(ratios)
             e["speedup_range"] = (min(ratios), max(ratios))
+        if peer:
+            vs = [t / p for t, p in zip(rp, peer["round_p50"], strict=True)]
+            e["vs_ov_int8"] = statistics.median(vs)
+            e["vs_ov_int8_range"] = (min(vs), max(vs))
         if base and base.get("size_mb") and e.get("size_mb"):
             e["size_ratio"] = e["size_mb"] / base["size_mb"]
 
@@ -265,23 +275,26 @@ def markdown(model: str, entries, weights_note: str) -> str:
         f"### {model} ({weights_note})",
         "",
         "| target | engine | precision | top-1 % | p50 ms (median) | p50 min-max | p90 ms | "
-        "speedup vs eager (median) | speedup min-max | size MB | size ratio |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "speedup vs eager (median) | speedup min-max | latency / OV INT8 (median) | "
+        "/ OV INT8 min-max | size MB | size ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in entries:
         if "p50_ms" not in e:
             lines.append(
                 f"| {e['name']} | {e.get('engine', '')} | {e.get('precision', '')} | "
-                f"| | | | | | | | (not measured: {e.get('reason', 'failed')}) |"
+                f"| | | | | | | | | | (not measured: {e.get('reason', 'failed')}) |"
             )
             continue
         lo, hi = e["p50_range"]
         slo, shi = e.get("speedup_range", (None, None))
+        vlo, vhi = e.get("vs_ov_int8_range", (None, None))
         lines.append(
             f"| {e['name']} | {e.get('engine', '')} | {e.get('precision', '')} | "
             f"{_f(e.get('top1'))} | {e['p50_ms']:.3f} | {lo:.3f}-{hi:.3f} | "
             f"{e['pooled']['p90']:.3f} | {_f(e.get('speedup'))}x | "
-            f"{_f(slo)}-{_f(shi)}x | {_f(e.get('size_mb'), '.3f')} | "
+            f"{_f(slo)}-{_f(shi)}x | {_f(e.get('vs_ov_int8'), '.3f')}x | "
+            f"{_f(vlo, '.3f')}-{_f(vhi, '.3f')}x | {_f(e.get('size_mb'), '.3f')} | "
             f"{_f(e.get('size_ratio'), '.3f')} |"
         )
     return "\n".join(lines) + "\n"
@@ -307,6 +320,7 @@ def main(argv=None) -> int:
 
     cifar = SHARED / "data" / "cifar10"
     r20 = SHARED / "models" / "resnet20-12fca82f.th"
+    r18 = SHARED / "models" / "resnet18-cifar10-1ff45430.pt"
     if not (cifar / "cifar10-test.npz").is_file():
         print(f"error: CIFAR-10 not found in {cifar} (set EDGEKIT_SHARED)", file=sys.stderr)
         return 2
@@ -325,8 +339,8 @@ def main(argv=None) -> int:
     sections, results = [], {}
     for model in [m.strip() for m in a.models.split(",") if m.strip()]:
         weights = r20 if model == "resnet20" and r20.is_file() else None
-        if model == "resnet18" and a.resnet18_weights:
-            weights = a.resnet18_weights
+        if model == "resnet18":
+            weights = a.resnet18_weights or (r18 if r18.is_file() else None)
         note = "pretrained CIFAR-10 weights" if weights else "random weights: top-1 not reported"
         log(f"== {model} ({note})")
         ws = workspace(model, weights, a.work, cifar)
@@ -356,7 +370,8 @@ def main(argv=None) -> int:
         f"openvino {v.get('openvino', '-')}, nncf {v.get('nncf', '-')}.\n"
         f"Latency: {a.rounds} interleaved rounds of >= {a.round_queries} queries and "
         f">= {a.round_seconds:g} s per target; p50 = median of the round p50s; "
-        f"speedup = median of per-round (eager p50 / target p50).\n"
+        f"speedup = median of per-round (eager p50 / target p50); "
+        f"latency / OV INT8 = median of per-round (target p50 / {PEER_INT8} p50).\n"
     )
     text = header + "\n" + "\n".join(sections)
     print(text)

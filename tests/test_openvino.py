@@ -90,6 +90,8 @@ def test_threads_and_hints_reach_the_plugin():
     # --threads wins over the option; "default" leaves the precision to OpenVINO
     cfg = compile_config({**opts, "num_streams": 2, "inference_precision": "default"}, 1)
     assert cfg == {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 1}
+    assert compile_config({"cpu_pinning": "off"}, None)["ENABLE_CPU_PINNING"] is False
+    assert "ENABLE_CPU_PINNING" not in compile_config({"cpu_pinning": "default"}, None)
 
 
 def _copy(art, tmp_path):

@@ -12,8 +12,8 @@ The runner needs only the ``openvino`` package and NumPy (no torch, no NNCF), so
 works in the device install. It compiles the IR for the CPU plugin with OpenVINO's
 own performance hints (OpenVINO docs, "High-level Performance Hints"):
 ``PERFORMANCE_HINT`` (LATENCY or THROUGHPUT), ``NUM_STREAMS`` and
-``INFERENCE_NUM_THREADS``; the harness's ``--threads`` overrides
-``inference_num_threads``. ``INFERENCE_PRECISION_HINT`` is ``f32`` by default so a
+``INFERENCE_NUM_THREADS`` (and ``ENABLE_CPU_PINNING``, thread affinity); the
+harness's ``--threads`` overrides ``inference_num_threads``. ``INFERENCE_PRECISION_HINT`` is ``f32`` by default so a
 CPU with bf16/AMX does not silently run FP32 layers in bf16.
 
 An IR written by a newer OpenVINO than the one installed (its ``Runtime_version`` in
@@ -42,6 +42,7 @@ RUNTIME_DEFAULTS = {
     "num_streams": 1,
     "inference_num_threads": 0,
     "inference_precision": "f32",
+    "cpu_pinning": "default",
 }
 INT8_DEFAULTS = {
     **RUNTIME_DEFAULTS,
@@ -57,6 +58,8 @@ OPTION_SPECS = {
     # 0 = OpenVINO's default (all physical cores); --threads overrides it
     "inference_num_threads": Int(min=0, max=4096),
     "inference_precision": Choice("f32", "bf16", "f16", "default"),
+    # ENABLE_CPU_PINNING: "default" leaves it to the hint (on for LATENCY on Linux)
+    "cpu_pinning": Choice("default", "on", "off"),
     "preset": Choice("performance", "mixed"),
     "calib_per_class": Int(min=1, max=100_000),
     "fast_bias_correction": Bool(),
@@ -65,6 +68,8 @@ OPTION_SPECS = {
 #: Operator types whose FP32 execution makes an INT8 model slow: the manifest lists
 #: those left without a ``FakeQuantize`` on their data input.
 COMPUTE_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+#: Operators that only move data: a quantized input stays quantized through them.
+SHAPE_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Concat")
 
 
 def _release(v: str) -> tuple[int, ...]:
@@ -112,13 +117,16 @@ def compile_config(opts: dict, threads: int | None) -> dict:
     """The CPU plugin properties for the target options and the harness's ``--threads``."""
     cfg = {"PERFORMANCE_HINT": opts.get("performance_hint", "LATENCY")}
     if opts.get("num_streams", 1):
-        cfg["NUM_STREAMS"] = int(opts["num_streams"])
+        cfg["NUM_STREAMS"] = int(opts.get("num_streams", 1))
     n = int(threads or opts.get("inference_num_threads", 0) or 0)
     if n:
         cfg["INFERENCE_NUM_THREADS"] = n
     precision = opts.get("inference_precision", "f32")
     if precision != "default":
         cfg["INFERENCE_PRECISION_HINT"] = precision
+    pinning = opts.get("cpu_pinning", "default")
+    if pinning != "default":
+        cfg["ENABLE_CPU_PINNING"] = pinning == "on"
     return cfg
 
 
@@ -169,6 +177,8 @@ def fp32_compute_nodes(model) -> list[tuple[str, str]]:
         if op.get_type_name() not in COMPUTE_OPS:
             continue
         src = op.input_value(0).get_node()
+        while src.get_type_name() in SHAPE_OPS:  # a Reshape between FakeQuantize and MatMul
+            src = src.input_value(0).get_node()
         if src.get_type_name() != "FakeQuantize":
             out.append((op.get_friendly_name(), op.get_type_name()))
     return out
