@@ -48,7 +48,9 @@ INT8_DEFAULTS = {
     "calib_batch": 32,
     "activation_type": "QUInt8",
     "weight_type": "QInt8",
-    "reduce_range": False,
+    # 7-bit weights: no int8 weight pair can saturate vpmaddubsw's int16 sums on x86
+    # CPUs without VNNI (issue 18; benchmarks/int8_isa.py, docs/targets.md)
+    "reduce_range": True,
     "percentile": 99.999,
     "nodes_to_exclude": [],
     "op_types_to_quantize": [],
