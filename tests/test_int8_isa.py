@@ -252,3 +252,39 @@ def test_auto_calibration_slice_too_small(auto_workspace, tmp_path):
     f = _target_file(tmp_path, calibration_method="auto", calib_per_class=4, auto_images=300)
     with pytest.raises(EdgekitError, match=r"300 held-out training images \(30 per class\)"):
         build(auto_workspace, "ort-cpu-int8", [f], force=True)
+
+
+def test_new_options_reach_the_quantizer(tiny_workspace, tmp_path):
+    """activation_symmetric puts every uint8 activation zero point at 128; the default
+    (asymmetric, reduce_range) records a saturation-safe ISA; pre_process_optimize = false
+    still builds."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekit.manifest import read_manifest
+    from edgekit.pipeline import build
+
+    def zero_points(ws):
+        m = onnx.load(str(ws.artifact_dir("ort-cpu-int8") / "model.onnx"))
+        init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        return {
+            int(init[n.input[2]])
+            for n in m.graph.node
+            if n.op_type == "QuantizeLinear" and init[n.input[2]].dtype == np.uint8
+        }
+
+    f = _target_file(tmp_path, calib_per_class=4, activation_symmetric=True)
+    build(tiny_workspace, "ort-cpu-int8", [f], force=True)
+    assert zero_points(tiny_workspace) == {128}
+
+    f = _target_file(tmp_path, calib_per_class=4, pre_process_optimize=False)
+    build(tiny_workspace, "ort-cpu-int8", [f], force=True)
+    m = read_manifest(tiny_workspace.artifact_dir("ort-cpu-int8"))
+    assert m["options"]["reduce_range"] is True  # the default since issue 18
+    assert m["isa"] == {
+        **m["isa"],
+        "requires": None,
+        "saturation_safe": True,
+        "risky_weight_pairs": 0,
+    }
+    assert zero_points(tiny_workspace) != {128}
