@@ -101,8 +101,27 @@ def _qdq_matmuls(model):
         yield n, px, w, pw
 
 
+def _qoperator_weights(model):
+    """Yield ``(node, int weight [M, ...])`` of QOperator-format nodes (``QLinearConv``,
+    ``QLinearMatMul``, ``QGemm``) whose weight is an initializer."""
+    from onnx import numpy_helper
+
+    init = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type in ("QLinearConv", "QLinearMatMul", "QGemm") and len(n.input) > 3:
+            if n.input[3] not in init:
+                continue
+            w = numpy_helper.to_array(init[n.input[3]])
+            if n.op_type == "QLinearMatMul" or (n.op_type == "QGemm" and not _attr(n, "transB", 0)):
+                w = w.T
+            yield n, w
+
+
 def risky_weight_pairs(onnx_path: str | Path, order: str = "hwc") -> dict:
-    """Count the weight pairs of a QDQ model that can saturate int16 on a non-VNNI CPU.
+    """Count the weight pairs of a quantized model that can saturate int16 on a non-VNNI CPU.
+
+    Looks at Conv/Gemm/MatMul fed by DequantizeLinear weights (QDQ format) and at
+    ``QLinearConv``/``QLinearMatMul``/``QGemm`` (QOperator format).
 
     Returns:
         ``{"pairs": int, "risky": int, "nodes": {node name or index: risky count},
@@ -115,12 +134,13 @@ def risky_weight_pairs(onnx_path: str | Path, order: str = "hwc") -> dict:
     total = risky = 0
     nodes: dict[str, int] = {}
     skipped = []
-    for i, (n, _px, w, _pw) in enumerate(_qdq_matmuls(model)):
+    found = [(n, w) for n, _px, w, _pw in _qdq_matmuls(model)] + list(_qoperator_weights(model))
+    for i, (n, w) in enumerate(found):
         name = n.name or f"{n.op_type}#{i}"
         if w.dtype != np.int8:
             skipped.append(f"{name}: weights {w.dtype}, not int8")
             continue
-        if n.op_type == "Conv" and int(_attr(n, "group", 1)) != 1:
+        if n.op_type in ("Conv", "QLinearConv") and int(_attr(n, "group", 1)) != 1:
             skipped.append(f"{name}: grouped convolution (another MLAS kernel)")
             continue
         mask = risky_pairs_mask(weight_k_matrix(w, order))

@@ -10,7 +10,7 @@ import pytest
 from edgekit.errors import EdgekitError
 
 
-def _conv_qdq(tmp_path, reduce_range=False):
+def _conv_qdq(tmp_path, reduce_range=False, qoperator=False):
     """A 1x1 Conv (2 -> 16 channels, every weight 1.0) quantized U8S8 by ONNX Runtime.
 
     Calibrated on inputs in [0, 1]: the input scale is 1/255 with zero point 0, so an
@@ -52,12 +52,12 @@ def _conv_qdq(tmp_path, reduce_range=False):
             x = next(self.it, None)
             return None if x is None else {"x": x}
 
-    out = tmp_path / ("rr.onnx" if reduce_range else "q.onnx")
+    out = tmp_path / f"{'rr' if reduce_range else 'q'}{'-qop' if qoperator else ''}.onnx"
     quantize_static(
         str(fp32),
         str(out),
         Reader(),
-        quant_format=QuantFormat.QDQ,
+        quant_format=QuantFormat.QOperator if qoperator else QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
@@ -108,6 +108,8 @@ def test_emulator_saturates_like_vpmaddubsw_and_reduce_range_cannot(tmp_path):
     vnni = cpu_flags()["isa"]["vnni"] or not host_is_x86()
     assert np.allclose(y, exact if vnni else sat, atol=0.02)
 
+    # the QOperator form (QLinearConv) is counted too
+    assert risky_weight_pairs(_conv_qdq(tmp_path, qoperator=True))["risky"] == 16
     rr = _conv_qdq(tmp_path, reduce_range=True)
     assert risky_weight_pairs(rr)["risky"] == 0
     assert np.allclose(QdqEmulator(rr, saturate=True)(x), 2.0, atol=0.05)
