@@ -202,6 +202,8 @@ class QdqEmulator:
         for i, (n, px, w, _pw) in enumerate(_qdq_matmuls(self.model)):
             if w.dtype != np.int8 or px.input[0] in init:
                 continue
+            if len(px.input) < 3 or self.qtype.get(px.input[2]) != np.uint8:
+                continue  # int8 (S8S8) activations: not the U8S8 vpmaddubsw path
             if n.op_type == "Conv" and int(_attr(n, "group", 1)) != 1:
                 continue
             wk = weight_k_matrix(w, order)
