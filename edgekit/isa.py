@@ -129,6 +129,11 @@ def artifact_safety(manifests: list[tuple[str, dict]], isa: dict | None = None) 
             safe, reason = False, problem
         elif rec.get("saturation_safe") is None and rec.get("requires") is None:
             safe, reason = None, rec.get("note", "")
+        elif rec.get("requires") == VNNI:
+            safe, reason = (
+                True,
+                "relies on VNNI, which this CPU has (or not x86); " + rec.get("note", ""),
+            )
         else:
             safe, reason = True, rec.get("note", "")
         rows.append(
