@@ -45,7 +45,7 @@ def int8_target(label: str, overrides: dict):
 
     base = get_target("ort-cpu-int8")
     return Target(
-        name=f"ort-cpu-int8[{label}]",
+        name=f"ort-cpu-int8.{label}",  # a valid target name (the manifest checks it)
         backend=base.backend,
         precision=base.precision,
         options={**base.options, **overrides},

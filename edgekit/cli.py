@@ -945,13 +945,21 @@ def doctor(
         ),
     ] = False,
     target_file: TargetFiles = None,
+    artifacts: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--artifacts",
+            help="Work or artifact directory: list its INT8 artifacts and whether each is "
+            "safe on this CPU (an artifact built for VNNI can lose top-1 on AVX2).",
+        ),
+    ] = None,
 ):
     """What this machine can do: CPU ISA, GPU and its fast precisions, runtime versions,
     and which targets can run here (and why not)."""
     from edgekit.doctor import doctor as do_doctor
     from edgekit.doctor import print_report
 
-    rep = do_doctor(target_file)
+    rep = do_doctor(target_file, artifacts)
     if json_out:
         import json
 

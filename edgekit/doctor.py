@@ -33,6 +33,7 @@ import platform
 import shutil
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
 from edgekit import DIST_NAME
 
@@ -369,7 +370,40 @@ def problems(sw: dict) -> list[dict]:
 # --------------------------------------------------------------------------- report
 
 
-def doctor(target_files=None) -> dict:
+def int8_artifacts(paths, isa: dict) -> list[dict]:
+    """Which INT8 artifacts under ``paths`` are safe on this CPU (:func:`edgekit.isa.artifact_safety`).
+
+    Each path is an artifact directory, a work directory (its ``artifacts/*``) or a
+    folder of artifact directories. A manifest that cannot be read is a row with the
+    reason and ``safe_here`` None.
+    """
+    from edgekit.errors import EdgekitError
+    from edgekit.isa import artifact_safety
+    from edgekit.manifest import MANIFEST_NAME, read_manifest
+
+    dirs: list[Path] = []
+    for p in map(Path, paths or []):
+        if not p.is_dir():
+            raise EdgekitError(
+                f"--artifacts {p}: not a directory", "give a work or artifact directory"
+            )
+        if (p / MANIFEST_NAME).is_file():
+            dirs.append(p)
+        else:
+            base = p / "artifacts" if (p / "artifacts").is_dir() else p
+            dirs += sorted(d for d in base.iterdir() if (d / MANIFEST_NAME).is_file())
+    found, rows = [], []
+    for d in dirs:
+        try:
+            found.append((str(d), read_manifest(d, verify=False)))
+        except EdgekitError as e:
+            rows.append(
+                {"artifact": str(d), "target": None, "safe_here": None, "reason": e.message}
+            )
+    return artifact_safety(found, isa) + rows
+
+
+def doctor(target_files=None, artifacts=None) -> dict:
     """The whole report as a JSON-able dict (the layout of ``edgekit doctor --json``).
 
     Never raises for a missing or broken package: those become ``null`` versions
@@ -378,6 +412,7 @@ def doctor(target_files=None) -> dict:
     """
     torch, torch_error = _import("torch")
     gpu = gpu_info(torch)
+    cpu = cpu_info()
     sw = software_info(torch, torch_error)
     # The CUDA runtime/driver actually found (None without a GPU); torch's own
     # build version is in software.torch.cuda.
@@ -390,12 +425,13 @@ def doctor(target_files=None) -> dict:
             "system": platform.system(),
             "python": platform.python_version(),
         },
-        "cpu": cpu_info(),
+        "cpu": cpu,
         "memory": memory_info(),
         "gpu": gpu,
         "software": sw,
         "targets": target_status(gpu, target_files),
         "problems": problems(sw),
+        **({"int8_artifacts": int8_artifacts(artifacts, cpu["isa"])} if artifacts else {}),
     }
 
 
@@ -493,5 +529,20 @@ def print_report(rep: dict, console=None) -> None:
             esc(r["reason"] or ""),
         )
     con.print(tt)
+    if "int8_artifacts" in rep:
+        ta = Table(title="INT8 artifacts on this CPU", header_style="bold")
+        for c in ("artifact", "target", "relies on", "safe here", "why", "kept in FP32"):
+            ta.add_column(c)
+        for r in rep["int8_artifacts"]:
+            safe = r["safe_here"]
+            ta.add_row(
+                esc(r["artifact"]),
+                esc(str(r.get("target") or "")),
+                esc(str(r.get("requires") or "any x86/ARM CPU")),
+                "[dim]unknown[/dim]" if safe is None else _yn(safe),
+                esc(r["reason"] or ""),
+                esc(", ".join(r.get("fp32_nodes") or []) or "-"),
+            )
+        con.print(ta)
     for p in rep.get("problems", []):
         con.print(f"[red]problem:[/red] {esc(p['problem'])}\n  [bold]fix:[/bold] {esc(p['fix'])}")

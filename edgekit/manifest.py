@@ -130,7 +130,7 @@ def manifest_schema():
     """The schema of ``manifest.json`` (:mod:`edgekit.schema`); options are checked by the backend."""
     from edgekit.backends import BACKENDS
     from edgekit.preprocess import preprocess_schema
-    from edgekit.schema import AnyOf, Choice, Dict, Int, ListOf, MapOf, Num, Str
+    from edgekit.schema import AnyOf, Bool, Choice, Dict, Int, ListOf, MapOf, Num, Str
     from edgekit.targets import NAME_PATTERN, PRECISIONS, REQUIRES
 
     file_name = Str(FILE_NAME_PATTERN, forbidden=(MANIFEST_NAME,))
@@ -184,6 +184,17 @@ def manifest_schema():
             "build_seconds": Num(min=0, nullable=True),
             "build_arch": Str(nullable=True),
             "quantization": info,
+            # the CPU instruction an INT8 artifact relies on (edgekit.isa.isa_record)
+            "isa": Dict(
+                {
+                    "requires": Choice("vnni", nullable=True),
+                    "saturation_safe": Bool(nullable=True),
+                    "risky_weight_pairs": Int(min=0, nullable=True),
+                    "kernel": Str(),
+                    "note": Str(),
+                },
+                nullable=True,
+            ),
             "quantized_engine": Choice("x86", "fbgemm", "onednn", "qnnpack"),
             "tensorrt": Dict({"env": Dict({}, extra=True)}, extra=True),
         }

@@ -141,7 +141,7 @@ def test_doctor_reports_problems_and_require_gpu_fails(monkeypatch, capsys):
 
     # --require-gpu fails on a problem even where a GPU is found
     rep["gpu"] = {**rep["gpu"], "available": True}
-    monkeypatch.setattr(dr, "doctor", lambda target_files=None: rep)
+    monkeypatch.setattr(dr, "doctor", lambda target_files=None, artifacts=None: rep)
     monkeypatch.setattr(dr, "print_report", lambda rep, console=None: None)
     from typer.testing import CliRunner
 

@@ -48,12 +48,20 @@ INT8_DEFAULTS = {
     "calib_batch": 32,
     "activation_type": "QUInt8",
     "weight_type": "QInt8",
-    "reduce_range": False,
+    # 7-bit weights: no int8 weight pair can saturate vpmaddubsw's int16 sums on x86
+    # CPUs without VNNI (issue 18; benchmarks/int8_isa.py, docs/targets.md)
+    "reduce_range": True,
     "percentile": 99.999,
     "nodes_to_exclude": [],
     "op_types_to_quantize": [],
     "unsupported_ops": "fp32",
     "strip_names": True,
+    # issue 18 (ISA-robust INT8): symmetric activations and quant_pre_process's graph
+    # optimization, exposed for the defaults sweep (benchmarks/int8_isa.py)
+    "activation_symmetric": False,
+    "pre_process_optimize": True,
+    # calibration_method = "auto": size of the held-out training slice that scores it
+    "auto_images": 1000,
 }
 
 #: The execution providers whose sessions run on the GPU runner (edgekit/backends/gpu.py).
@@ -65,7 +73,8 @@ OPTION_SPECS = {
     "cuda_graph": Bool(),
     "quant_format": Choice("QDQ", "QOperator"),
     "per_channel": Bool(),
-    "calibration_method": Choice("MinMax", "Entropy", "Percentile"),
+    "calibration_method": Choice("MinMax", "Entropy", "Percentile", "auto"),
+    "auto_images": Int(min=1, max=1_000_000),
     "calib_per_class": Int(min=1, max=100_000),
     "calib_batch": Int(min=1, max=65_536),
     "activation_type": Choice("QUInt8", "QInt8"),
@@ -76,6 +85,8 @@ OPTION_SPECS = {
     "op_types_to_quantize": ListOf(Str(r"[A-Za-z][A-Za-z0-9_]*")),
     "unsupported_ops": Choice("fp32", "error"),
     "strip_names": Bool(),
+    "activation_symmetric": Bool(),
+    "pre_process_optimize": Bool(),
 }
 
 
@@ -236,7 +247,24 @@ class OnnxRuntimeBackend(Backend):
             from edgekit.backends.gpu import ort_cuda_runner  # CuPy buffers, IOBinding
 
             return ort_cuda_runner(artifact_path(artifact_dir, manifest), manifest, threads)
+        warn_isa(manifest)
         return OrtRunner(artifact_path(artifact_dir, manifest), manifest, threads)
+
+
+def warn_isa(manifest: dict) -> str | None:
+    """Print a warning (stderr) when this CPU lacks the instruction the artifact relies on.
+
+    :func:`edgekit.isa.isa_problem`: a U8S8 artifact whose weights can saturate int16
+    without VNNI, loaded on an x86 CPU without VNNI. Returns the warning (None if none).
+    """
+    import sys
+
+    from edgekit.isa import isa_problem
+
+    problem = isa_problem(manifest)
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+    return problem
 
 
 def ort_trt_unavailable_reason(target) -> str | None:
@@ -331,6 +359,7 @@ def check_int8_options(opts: dict, where: str) -> dict:
                 "MinMax": CalibrationMethod.MinMax,
                 "Entropy": CalibrationMethod.Entropy,
                 "Percentile": CalibrationMethod.Percentile,
+                "auto": None,  # each of AUTO_METHODS in turn (choose_calibration)
             },
             where,
         ),
@@ -402,10 +431,14 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
     fixed batch); ``quantize_static`` with the target's format, calibration
     method, per-channel flag and activation/weight types (U8S8 by default:
     VNNI's native u8 x s8 form). Nodes listed in ``nodes_to_exclude`` stay FP32.
+    ``calibration_method = "auto"`` builds each of :data:`AUTO_METHODS` and keeps
+    the smallest top-1 drop on a held-out training slice (:func:`choose_calibration`).
 
     Returns:
-        BuildResult with the calibration record and, in ``extra["quantization"]``,
-        the FP32 nodes left in the graph.
+        BuildResult with the calibration record (with ``auto``: the choice, each
+        candidate's drop and the slice), in ``extra["quantization"]`` the FP32 nodes
+        left in the graph, and in ``extra["isa"]`` the CPU assumption
+        (:func:`edgekit.isa.isa_record`: can a weight pair saturate int16 without VNNI).
 
     Raises:
         EdgekitError: bad option values, too few calibration images, a node name
@@ -414,15 +447,22 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
             ONNX Runtime's quantizer (with the node to exclude when known).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        quantize_static,
+    )
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     mapped = check_int8_options(opts, where)
+    methods = {m: getattr(CalibrationMethod, m) for m in AUTO_METHODS}
     x, _, calib = ctx.calibration_for(where, opts["calib_per_class"])
     io = onnx_io(ctx.onnx_path)
     fixed = io["batch"]["max"] if io["batch"] else None
-    bs = fixed or min(opts["calib_batch"], len(x))
+    # equal batches: ORT's histogram calibrators (Percentile, Entropy) stack the batches'
+    # outputs and fail on a shorter last one, so take the largest divisor of the count
+    bs = fixed or max(d for d in range(1, min(opts["calib_batch"], len(x)) + 1) if len(x) % d == 0)
 
     class Reader(CalibrationDataReader):
         """Yields ``{input: float32 [bs, C, H, W]}`` batches of the calibration set."""
@@ -445,7 +485,12 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
     with tempfile.TemporaryDirectory(prefix="edgekit-ortq-") as td:
         pre = Path(td) / "pre.onnx"
         try:
-            quant_pre_process(str(ctx.onnx_path), str(pre), skip_symbolic_shape=False)
+            quant_pre_process(
+                str(ctx.onnx_path),
+                str(pre),
+                skip_optimization=not opts["pre_process_optimize"],
+                skip_symbolic_shape=False,
+            )
         except Exception as e:  # symbolic shape inference fails on some graphs
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise EdgekitError(
@@ -473,45 +518,140 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
                 f"({len(fp32)} node(s), e.g. {fp32[0][0]})",
                 'set unsupported_ops = "fp32" in the target file to keep those nodes in FP32',
             )
-        extra_options = {"CalibPercentile": float(opts["percentile"])}
-        try:
-            # Entropy/Percentile calibrators print progress to stdout: keep it off the CLI.
-            with contextlib.redirect_stdout(io_mod.StringIO()):
-                quantize_static(
-                    str(pre),
-                    str(out_dir / ARTIFACT),
-                    Reader(),
-                    per_channel=bool(opts["per_channel"]),
-                    reduce_range=bool(opts["reduce_range"]),
-                    nodes_to_exclude=list(opts["nodes_to_exclude"]) or None,
-                    op_types_to_quantize=list(opts["op_types_to_quantize"]) or None,
-                    extra_options=extra_options,
-                    **mapped,
-                )
-        except EdgekitError:
-            raise
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise EdgekitError(
-                f"{where}: ONNX Runtime's quantizer failed: {first}",
-                "keep the offending node in FP32 with nodes_to_exclude = [...] in the target file",
-            ) from None
+        extra_options = {
+            "CalibPercentile": float(opts["percentile"]),
+            "ActivationSymmetric": bool(opts["activation_symmetric"]),
+        }
+
+        def quantize(method: str, dest: Path) -> None:
+            mapped["calibrate_method"] = methods[method]
+            try:
+                # Entropy/Percentile calibrators print progress to stdout: keep it off the CLI.
+                with contextlib.redirect_stdout(io_mod.StringIO()):
+                    quantize_static(
+                        str(pre),
+                        str(dest),
+                        Reader(),
+                        per_channel=bool(opts["per_channel"]),
+                        reduce_range=bool(opts["reduce_range"]),
+                        nodes_to_exclude=list(opts["nodes_to_exclude"]) or None,
+                        op_types_to_quantize=list(opts["op_types_to_quantize"]) or None,
+                        extra_options=extra_options,
+                        **mapped,
+                    )
+            except EdgekitError:
+                raise
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise EdgekitError(
+                    f"{where}: ONNX Runtime's quantizer failed: {first}",
+                    "keep the offending node in FP32 with nodes_to_exclude = [...] in the "
+                    "target file",
+                ) from None
+
+        auto = None
+        if opts["calibration_method"] == "auto":
+            auto = choose_calibration(ctx, opts, pre, Path(td), quantize, where)
+            shutil.copyfile(Path(td) / f"auto-{auto['chosen']}.onnx", out_dir / ARTIFACT)
+        else:
+            quantize(opts["calibration_method"], out_dir / ARTIFACT)
     if opts["strip_names"]:
         strip_names(out_dir / ARTIFACT)
-    calib["method"] = opts["calibration_method"]
+    calib["method"] = auto["chosen"] if auto else opts["calibration_method"]
     calib["batch"] = bs
+    if auto:
+        calib["auto"] = auto
     quant = {
         "tool": "onnxruntime.quantization.quantize_static",
         "pre_process": "quant_pre_process",
         "fp32_nodes": sorted({n for n, _ in fp32} | set(opts["nodes_to_exclude"])),
         "fp32_op_types": sorted({t for _, t in fp32}),
     }
+    from edgekit.isa import isa_record
+    from edgekit.saturation import risky_weight_pairs
+
+    risky = risky_weight_pairs(out_dir / ARTIFACT)["risky"]
     return BuildResult(
         artifact=ARTIFACT,
         io=onnx_io(out_dir / ARTIFACT),
         calibration=calib,
-        extra={"quantization": quant},
+        extra={"quantization": quant, "isa": isa_record(opts, risky)},
     )
+
+
+#: The candidates of ``calibration_method = "auto"``, cheapest first (a tie keeps the first).
+AUTO_METHODS = ("MinMax", "Percentile", "Entropy")
+
+
+def choose_calibration(ctx: BuildContext, opts: dict, pre: Path, tmp: Path, quantize, where: str):
+    """``calibration_method = "auto"``: quantize with each of :data:`AUTO_METHODS` and
+    keep the one with the smallest top-1 drop on a held-out slice of the training split.
+
+    The slice (``auto_images`` images, class-balanced) is disjoint from the calibration
+    images (:meth:`BuildContext.validation_set`); the test split is never used. Top-1 is
+    measured with ONNX Runtime on this machine, FP32 (the pre-processed model) and INT8.
+
+    Returns:
+        ``{"chosen", "fp32_top1", "candidates": {method: {"top1", "drop"}}, "slice"}``
+        (top-1 in %, drop = FP32 - INT8 in points); ``tmp/auto-METHOD.onnx`` holds each
+        candidate.
+
+    Raises:
+        EdgekitError: a slice too small to resolve the drops (fewer than 10 images per
+            class), or a training split without enough images left after calibration,
+            with the images per class needed.
+    """
+    import onnxruntime as ort
+
+    from edgekit.data import min_images_for_drop
+
+    n_cls = len(ctx.classes)
+    images = int(opts["auto_images"])
+    floor = max(10 * n_cls, min_images_for_drop(1.0))
+    if images < floor:
+        raise EdgekitError(
+            f'{where}: calibration_method = "auto" needs a held-out slice of at least '
+            f"{floor} images ({-(-floor // n_cls)} per class for {n_cls} classes) to tell "
+            f"the candidates apart; auto_images = {images}",
+            f"set auto_images >= {floor} (1,000 resolves 0.1 point)",
+        )
+    try:
+        xv, yv, rec = ctx.validation_set(images, opts["calib_per_class"])
+    except EdgekitError as e:
+        raise EdgekitError(
+            f'{where}: calibration_method = "auto" needs {images} held-out training '
+            f"images ({-(-images // n_cls)} per class) besides the "
+            f"{opts['calib_per_class']} per class used to calibrate: {e.message}",
+            "lower auto_images or calib_per_class in the target file, or give a dataset "
+            "with more training images",
+        ) from None
+
+    def top1(path) -> float:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        shape0 = s.get_inputs()[0].shape[0]
+        bs = shape0 if isinstance(shape0, int) and shape0 > 0 else 100
+        hits = 0
+        for i in range(0, len(xv), bs):
+            xb = np.ascontiguousarray(xv[i : i + bs], dtype=np.float32)
+            n = len(xb)
+            if n < bs and isinstance(shape0, int) and shape0 > 0:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], bs - n, axis=0)])
+            hits += int((s.run(None, {name: xb})[0][:n].argmax(1) == yv[i : i + n]).sum())
+        return 100.0 * hits / len(yv)
+
+    fp32 = top1(pre)
+    cands = {}
+    for method in AUTO_METHODS:
+        path = tmp / f"auto-{method}.onnx"
+        quantize(method, path)
+        t = top1(path)
+        cands[method] = {"top1": round(t, 4), "drop": round(fp32 - t, 4)}
+    chosen = min(AUTO_METHODS, key=lambda m: cands[m]["drop"])  # min keeps the first of ties
+    return {"chosen": chosen, "fp32_top1": round(fp32, 4), "candidates": cands, "slice": rec}
 
 
 BACKEND = OnnxRuntimeBackend()
