@@ -587,7 +587,7 @@ def _run(
             "dataset": rec["dataset"],
             "model": rec["model"],
             "classes": rec.get("classes"),
-            "labels": ds.test.y.tolist(),
+            "labels": ds.test.y[: cfg.accuracy_images].tolist(),  # the images scored
             **({"run": label} if label else {}),
         },
         "rows": out,

@@ -434,6 +434,9 @@ def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
         meta = rep.get("meta") or {}
         base = meta.get("run") or run_label(env, f"run{i + 1}")
         label, k = base, 2
+        source = (names or [None] * len(reports))[i]
+        if label in runs and source:  # two runs of one host: tell them apart by file
+            label = f"{base} ({'/'.join(Path(source).parts[-2:])})"
         while label in runs:
             label, k = f"{base} #{k}", k + 1
         runs[label] = {
@@ -446,6 +449,12 @@ def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
         for r in rep["rows"]:
             r = dict(r)
             r["run"] = label
+            if r.get("status") == "ok" and r.get("latency_ms") and "noisy" not in r:
+                from edgekit.harness import noise_flags  # a report of an older edgekit
+
+                flags = noise_flags(r["latency_ms"])
+                r["noisy"] = flags.pop("noisy")
+                r["noise"] = flags
             rows.append(r)
     out = {"schema": REPORT_SCHEMA, "runs": runs, "rows": rows}
     if len(reports) == 1:
@@ -1063,7 +1072,9 @@ def write_all(
                         force,
                         multi,
                         classes=(run.get("meta") or {}).get("classes"),
-                        context=context,
+                        context=plot_context(
+                            {"environment": run.get("environment"), "meta": run.get("meta")}
+                        ),
                     )
                 )
     return written

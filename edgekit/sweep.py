@@ -107,10 +107,21 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_sweep(rows: list[dict], path: Path, context: str = "") -> Path:
+    """:func:`fig_sweep` written as a PNG."""
+    from edgekit.fileio import atomic_path
+    from edgekit.report import _plt
+
+    fig = fig_sweep(rows, context)
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def fig_sweep(rows: list[dict], context: str = ""):
     """Two panels: top-1 against pruning ratio, and top-1 against p50 latency with each
     point labelled by its ratio and joined in latency order; one colour per target
     (:func:`edgekit.report.target_color`)."""
-    from edgekit.fileio import atomic_path
     from edgekit.report import _axis_scale, _plt, target_color
 
     plt = _plt()
@@ -147,7 +158,4 @@ def plot_sweep(rows: list[dict], path: Path, context: str = "") -> Path:
     ax[0].legend(fontsize=7)
     fig.suptitle(f"Pruning sweep\n{context}" if context else "Pruning sweep", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path, force=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return fig
