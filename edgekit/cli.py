@@ -989,7 +989,7 @@ def compare(
     min_cosine: Annotated[
         float,
         typer.Option("--min-cosine", help="Least cosine similarity of any image's logits."),
-    ] = 0.9,
+    ] = 0.6,
 ):
     """Run two artifacts on the same real test images: top-1 agreement, max/mean |logit
     difference|, cosine similarity (after Polygraphy's comparator).
