@@ -117,10 +117,16 @@ MAX_BATCH = 65536
 def _exit_status(rows: list[dict], unavailable_counts: bool = True) -> int:
     """0 when every row is ok; 1 when a row failed (or, if it counts, is unavailable)."""
     bad = {"failed", "unavailable"} if unavailable_counts else {"failed"}
-    names = [r.get("target", "?") for r in rows if r.get("status") in bad]
-    if names:
+    hit = [r for r in rows if r.get("status") in bad]
+    if len(hit) == 1:  # one: its reason too, so the last line says what to do
+        r = hit[0]
+        why = one_line(str(r.get("reason") or ""))
+        print(f"error: {r.get('target', '?')} {r['status']}: {why}", file=sys.stderr)
+        return 1
+    if hit:
         what = "failed or unavailable" if unavailable_counts else "failed"
-        print(f"error: {len(names)} target(s) {what}: {', '.join(names)}", file=sys.stderr)
+        names = ", ".join(str(r.get("target", "?")) for r in hit)
+        print(f"error: {len(hit)} target(s) {what}: {names}", file=sys.stderr)
         return 1
     return 0
 
@@ -390,7 +396,6 @@ def bench(
     every row is ok; 1 when one failed or is unavailable; 2 for bad input."""
     _trust(model)
     from edgekit.backends import get_backend
-    from edgekit.errors import UnavailableError
     from edgekit.fileio import check_writable
     from edgekit.harness import (
         add_ratios,
@@ -451,9 +456,7 @@ def bench(
         if cfg.strict_batch:
             check_batch_sizes(m["target"], manifest_batch_range(m), cfg.batch_sizes)
         reason = get_backend(m["backend"]).runtime_unavailable_reason(m)
-        if reason and len(dirs) == 1:
-            raise UnavailableError(f"cannot run {m['target']} here: {reason}")
-        if reason:
+        if reason:  # an asked row that cannot run here: a row and exit status 1, not 2
             unavailable[d] = result_row(m, status="unavailable", reason=reason)
     if dataset:
         from edgekit.data import load_dataset

@@ -100,6 +100,8 @@ def table_parts(
     runs = list(dict.fromkeys(r.get("run") for r in rows)) if multi else []
     if multi:
         heads.insert(1, "run")
+    # every row unavailable: shown, or the table would be empty
+    show_all = show_all or all(r.get("status") == "unavailable" for r in rows)
     shown = [r for r in rows if show_all or r.get("status") != "unavailable"]
     hidden = len(rows) - len(shown)
     notes: list[str] = []

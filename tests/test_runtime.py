@@ -111,11 +111,11 @@ def _softmax(z):
 
 def test_blocker_hides_torch(artifacts):
     """The blocked interpreter really lacks torch: the PyTorch baseline cannot open,
-    and the message says which extra to install (exit 2, one line)."""
-    code, _, err, loaded = edgekit_no_torch(
+    and the message says which extra to install (exit 1: the asked row is unavailable)."""
+    code, out, err, loaded = edgekit_no_torch(
         "bench", "--artifact", artifacts["pytorch-fp32"], "--quick"
     )
-    assert code == 2
+    assert code == 1 and "unavailable [1]" in out
     line = _one_error_line(err)
     assert "torch not installed" in line and "edgekit-toolchain[build]" in line
     assert "torch" not in loaded
