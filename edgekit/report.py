@@ -339,7 +339,7 @@ def report_schema():
     typed figures (numbers or null; latencies in ms, sizes in MB, top-1 in
     percent); other keys in a row are kept as they are.
     """
-    from edgekit.schema import Choice, Dict, Int, ListOf, MapOf, Num, Str
+    from edgekit.schema import Bool, Choice, Dict, Int, ListOf, MapOf, Num, Str
 
     num = Num(nullable=True)
 
@@ -371,6 +371,10 @@ def report_schema():
             "peak_rss_mb": num,
             "gpu_mem_mb": num,
             "gpu": Dict({}, extra=True, nullable=True),
+            "noisy": Bool(nullable=True),
+            "noise": Dict({}, extra=True, nullable=True),
+            "speedup_range": ListOf(num, nullable=True),
+            "accuracy_images": Int(min=1, nullable=True),
         },
         extra=True,
     )
