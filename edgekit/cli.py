@@ -48,6 +48,46 @@ TrustModel = Annotated[
 ]
 
 
+ShowAll = Annotated[
+    bool, typer.Option("--all", help="Also show the unavailable rows in the table.")
+]
+Wide = Annotated[
+    bool,
+    typer.Option("--wide", help="All columns: also p99, size ratio, best img/s, CV and peak RSS."),
+]
+AccuracyImages = Annotated[
+    int | None,
+    typer.Option(
+        "--accuracy-images",
+        help="Score top-1 on the first N test images only (a quick look; the report says so).",
+    ),
+]
+Rounds = Annotated[
+    int | None,
+    typer.Option(
+        "--rounds",
+        help="Interleaved latency rounds (default 5, 3 with --quick): every target measures "
+        "its share of the rules in each round, in rotating order.",
+    ),
+]
+RunLabel = Annotated[
+    str | None,
+    typer.Option("--label", help="Name of this run in merged reports (default: host and date)."),
+]
+
+
+def _measure_options(cfg, accuracy_images: int | None, rounds: int | None):
+    """Apply --accuracy-images and --rounds to a BenchConfig, checked first."""
+    _at_least("--accuracy-images", accuracy_images, 1)
+    _at_least("--rounds", rounds, 1)
+    _at_most("--rounds", rounds, 1000)
+    if accuracy_images is not None:
+        cfg.accuracy_images = accuracy_images
+    if rounds is not None:
+        cfg.rounds = rounds
+    return cfg
+
+
 def _trust(model: str | None) -> None:
     """Record the user's own ``--model`` as trusted (children of this process inherit it)."""
     if model:
@@ -77,10 +117,16 @@ MAX_BATCH = 65536
 def _exit_status(rows: list[dict], unavailable_counts: bool = True) -> int:
     """0 when every row is ok; 1 when a row failed (or, if it counts, is unavailable)."""
     bad = {"failed", "unavailable"} if unavailable_counts else {"failed"}
-    names = [r.get("target", "?") for r in rows if r.get("status") in bad]
-    if names:
+    hit = [r for r in rows if r.get("status") in bad]
+    if len(hit) == 1:  # one: its reason too, so the last line says what to do
+        r = hit[0]
+        why = one_line(str(r.get("reason") or ""))
+        print(f"error: {r.get('target', '?')} {r['status']}: {why}", file=sys.stderr)
+        return 1
+    if hit:
         what = "failed or unavailable" if unavailable_counts else "failed"
-        print(f"error: {len(names)} target(s) {what}: {', '.join(names)}", file=sys.stderr)
+        names = ", ".join(str(r.get("target", "?")) for r in hit)
+        print(f"error: {len(hit)} target(s) {what}: {names}", file=sys.stderr)
         return 1
     return 0
 
@@ -90,7 +136,7 @@ def _log(msg: str) -> None:
 
     from edgekit.report import make_console
 
-    make_console(stderr=True).print(f"[dim]{escape(msg)}[/dim]")
+    make_console(stderr=True).print(f"[dim]{escape(msg)}[/dim]", soft_wrap=True)
 
 
 def _check_spec_numbers(epochs, seed, num_classes, opset) -> None:
@@ -336,15 +382,20 @@ def bench(
         ),
     ] = True,
     model: TrustModel = None,
+    accuracy_images: AccuracyImages = None,
+    rounds: Rounds = None,
+    show_all: ShowAll = False,
+    wide: Wide = False,
+    label: RunLabel = None,
 ):
     """Benchmark artifacts: latency percentiles, throughput, size and top-1/top-5.
 
     Each artifact is measured in a fresh process; one that fails is a row with the
-    reason. Exit status: 0 when every row is ok; 1 when one failed or is
-    unavailable; 2 for bad input."""
+    reason. The batch-1 latency of all artifacts runs in interleaved rounds, and a row
+    is marked noisy when its spread says the machine was busy. Exit status: 0 when
+    every row is ok; 1 when one failed or is unavailable; 2 for bad input."""
     _trust(model)
     from edgekit.backends import get_backend
-    from edgekit.errors import UnavailableError
     from edgekit.fileio import check_writable
     from edgekit.harness import (
         add_ratios,
@@ -352,8 +403,10 @@ def bench(
         check_batch_sizes,
         check_threads,
         environment,
+        machine_load,
         manifest_batch_range,
         result_row,
+        row_summary,
     )
     from edgekit.manifest import read_manifest
     from edgekit.pipeline import Workspace, load_workspace_dataset
@@ -366,6 +419,7 @@ def bench(
         if output.is_dir():
             raise EdgekitError(f"--output {output} is a directory", "give a file name")
     cfg = _bench_config(quick, min_queries, min_duration, batch_sizes)
+    _measure_options(cfg, accuracy_images, rounds)
     cfg.accuracy = not no_accuracy
     cfg.strict_batch = bool(batch_sizes)
     dirs: list[Path] = list(artifact or [])
@@ -402,9 +456,7 @@ def bench(
         if cfg.strict_batch:
             check_batch_sizes(m["target"], manifest_batch_range(m), cfg.batch_sizes)
         reason = get_backend(m["backend"]).runtime_unavailable_reason(m)
-        if reason and len(dirs) == 1:
-            raise UnavailableError(f"cannot run {m['target']} here: {reason}")
-        if reason:
+        if reason:  # an asked row that cannot run here: a row and exit status 1, not 2
             unavailable[d] = result_row(m, status="unavailable", reason=reason)
     if dataset:
         from edgekit.data import load_dataset
@@ -421,17 +473,29 @@ def bench(
 
         for m in manifests:
             check_test_split(m, test, dataset or str(work_dir))
+    for row in unavailable.values():
+        _log(row_summary(row))
+    load = {"start": machine_load()}
     measured = iter(
         bench_many([d for d in dirs if d not in unavailable], test, cfg, threads, isolate, _log)
     )
+    load["end"] = machine_load()
     rows = [unavailable[d] if d in unavailable else next(measured) for d in dirs]
     add_ratios(rows)
-    print_table(rows)
+    print_table(rows, wide=wide, show_all=show_all)
     out = output or (ws.root / "bench.json" if target else None)
     if out:  # the table is printed already: a write that fails loses no measurement
-        meta = {"labels": test.y.tolist(), "classes": classes} if test is not None else {}
+        scored = test.y[: cfg.accuracy_images] if test is not None else None  # None: all
+        meta = {"labels": scored.tolist(), "classes": classes} if test is not None else {}
+        if label:
+            meta["run"] = label
         write_report(
-            out, rows, environment(threads), cfg.to_dict(), meta=meta, force=force or not output
+            out,
+            rows,
+            environment(threads, load),
+            cfg.to_dict(),
+            meta=meta,
+            force=force or not output,
         )
         _log(f"wrote {out}")
     if _exit_status(rows):
@@ -472,6 +536,11 @@ def run(
     ] = None,
     finetune_minutes: FinetuneMinutes = None,
     device: DeviceOpt = None,
+    accuracy_images: AccuracyImages = None,
+    rounds: Rounds = None,
+    show_all: ShowAll = False,
+    wide: Wide = False,
+    label: RunLabel = None,
 ):
     """The whole pipeline: data, model (trained briefly without --weights), ONNX, every
     target available here, and the benchmark. With no arguments: digits + ResNet-8.
@@ -511,7 +580,7 @@ def run(
         spec.prune_options["finetune_epochs"] = finetune_epochs
     if finetune_minutes:
         spec.prune_options["finetune_minutes"] = finetune_minutes
-    cfg = BenchConfig.quick() if quick else BenchConfig()
+    cfg = _measure_options(BenchConfig.quick() if quick else BenchConfig(), accuracy_images, rounds)
     rows = do_run(
         spec,
         work_dir,
@@ -522,8 +591,14 @@ def run(
         force=force,
         log=_log,
         show_progress=True,
+        label=label,
     )
-    print_table(rows, title=f"edgekit run: {spec.model or 'default model'} on {dataset}")
+    print_table(
+        rows,
+        title=f"edgekit run: {spec.model or 'default model'} on {dataset}",
+        wide=wide,
+        show_all=show_all,
+    )
     _log(f"wrote {Path(work_dir) / 'report'}.json/.csv/.md and the PNG plots in {work_dir}")
     if _exit_status(rows, unavailable_counts=bool(names)):
         raise typer.Exit(1)
@@ -879,8 +954,14 @@ def sweep_cmd(
 
 @app.command()
 def compare(
-    a: Annotated[Path, typer.Argument(help="First artifact directory (the reference).")],
-    b: Annotated[Path, typer.Argument(help="Second artifact directory.")],
+    a: Annotated[
+        Path,
+        typer.Argument(
+            help="First artifact directory (the reference), or an ONNX file / --onnx-only "
+            "output directory without a manifest."
+        ),
+    ],
+    b: Annotated[Path, typer.Argument(help="Second artifact directory (or ONNX, as A).")],
     dataset: Annotated[
         str | None, typer.Option("--dataset", "-d", help="Test data (default: from the work dir).")
     ] = None,
@@ -888,16 +969,48 @@ def compare(
     work_dir: WorkDir = Path("edgekit-work"),
     images: Annotated[int, typer.Option("--images", help="Test images to compare on.")] = 1000,
     threads: Threads = None,
+    atol: Annotated[
+        float | None,
+        typer.Option("--atol", help="Absolute logit tolerance (default: logits not checked)."),
+    ] = None,
+    rtol: Annotated[
+        float | None,
+        typer.Option("--rtol", help="Relative logit tolerance (default: logits not checked)."),
+    ] = None,
+    check_error_stat: Annotated[
+        str,
+        typer.Option(
+            "--check-error-stat",
+            help="elemwise (every logit within atol + rtol*|A|) | max | mean | median "
+            "(that statistic within atol or rtol), as in Polygraphy.",
+        ),
+    ] = "elemwise",
+    min_agreement: Annotated[
+        float,
+        typer.Option("--min-agreement", help="Least fraction of images with the same top-1."),
+    ] = 0.98,
+    min_cosine: Annotated[
+        float,
+        typer.Option("--min-cosine", help="Least cosine similarity of any image's logits."),
+    ] = 0.6,
 ):
     """Run two artifacts on the same real test images: top-1 agreement, max/mean |logit
-    difference|, cosine similarity (after Polygraphy's comparator)."""
-    from edgekit.compare import compare_artifacts, format_comparison
+    difference|, cosine similarity (after Polygraphy's comparator).
+
+    Exit status: 0 when within the tolerances; 1 when beyond them; 2 for bad input."""
+    from edgekit.compare import Tolerances, compare_artifacts, format_comparison
     from edgekit.harness import check_threads
 
     check_threads(threads)
     _at_least("--images", images, 1)
-    res = compare_artifacts(a, b, dataset, data_dir, work_dir, images=images, threads=threads)
+    tol = Tolerances(atol, rtol, check_error_stat, min_agreement, min_cosine)
+    tol.check()
+    res = compare_artifacts(
+        a, b, dataset, data_dir, work_dir, images=images, threads=threads, tolerances=tol
+    )
     typer.echo(format_comparison(res))
+    if res["failures"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -912,6 +1025,8 @@ def report(
         bool, typer.Option("--confusion", help="Also a confusion-matrix PNG per target.")
     ] = False,
     force: Force = False,
+    show_all: ShowAll = False,
+    wide: Wide = False,
 ):
     """Table, JSON, CSV, Markdown and PNG plots from one or more result files
     (several runs or devices are merged, each row labelled with its run).
@@ -921,7 +1036,7 @@ def report(
     from edgekit.report import make_report, print_table
 
     merged, written = make_report(results, output_dir, confusion=confusion, force=force)
-    print_table(merged["rows"], title="edgekit report")
+    print_table(merged["rows"], title="edgekit report", wide=wide, show_all=show_all)
     for p in written:
         _log(f"wrote {p}")
     rows = merged["rows"]

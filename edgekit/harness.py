@@ -10,6 +10,7 @@ batch size, and accuracy in a separate pass over the whole test split.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -40,6 +41,12 @@ class BenchConfig:
         accuracy_batch: batch size of the accuracy pass (clipped to the artifact's range).
         strict_batch: a batch size of the sweep the artifact cannot take is an error
             (set when the user chose ``--batch-sizes``); otherwise it is skipped.
+        rounds: the batch-1 latency runs in this many interleaved rounds: in each
+            round every target measures ``min_queries / rounds`` queries and
+            ``min_duration_s / rounds`` seconds, the order rotating every round
+            (as ``benchmarks/side_by_side.py`` does), so a change of the machine's
+            load hits every target alike.
+        accuracy_images: score only the first N test images (None: all of them).
     """
 
     warmup_queries: int = 20
@@ -50,6 +57,8 @@ class BenchConfig:
     accuracy: bool = True
     accuracy_batch: int = 128
     strict_batch: bool = False
+    rounds: int = 5
+    accuracy_images: int | None = None
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -60,6 +69,7 @@ class BenchConfig:
             min_duration_s=0.5,
             batch_sizes=(1, 32),
             throughput_min_s=0.3,
+            rounds=3,
         )
 
     def to_dict(self) -> dict:
@@ -84,7 +94,14 @@ def latency_stats(samples_ms: np.ndarray) -> dict:
 
 
 def measure_latency(
-    runner, x1: np.ndarray, cfg: BenchConfig, clock=time.perf_counter
+    runner,
+    x1: np.ndarray,
+    cfg: BenchConfig,
+    clock=time.perf_counter,
+    *,
+    warmup: int | None = None,
+    min_queries: int | None = None,
+    min_duration_s: float | None = None,
 ) -> tuple[dict, np.ndarray]:
     """SingleStream latency at batch 1.
 
@@ -93,14 +110,19 @@ def measure_latency(
         x1: float32 [1, C, H, W].
         cfg: the stopping rules.
         clock: seconds as float (injectable for tests).
+        warmup, min_queries, min_duration_s: override ``cfg``'s (one round of
+            :func:`bench_many` measures a share of the rules).
 
     Returns:
         ``(latency_stats(...) plus "duration_s", raw samples in ms)``.
     """
-    for _ in range(cfg.warmup_queries):
+    warm = cfg.warmup_queries if warmup is None else warmup
+    need_q = cfg.min_queries if min_queries is None else min_queries
+    need_s = cfg.min_duration_s if min_duration_s is None else min_duration_s
+    for _ in range(warm):
         runner(x1)
     reset = getattr(runner, "reset_stats", None)  # e.g. a GPU runner's CUDA-event timings
-    if callable(reset):
+    if callable(reset) and warmup is None:
         reset()
     samples = []
     start = clock()
@@ -109,12 +131,47 @@ def measure_latency(
         runner(x1)
         t1 = clock()
         samples.append((t1 - t0) * 1e3)
-        if len(samples) >= cfg.min_queries and t1 - start >= cfg.min_duration_s:
+        if len(samples) >= need_q and t1 - start >= need_s:
             break
     arr = np.asarray(samples)
     stats = latency_stats(arr)
     stats["duration_s"] = float(clock() - start)
     return stats, arr
+
+
+#: A row is flagged ``noisy`` when its batch-1 latency samples have a coefficient of
+#: variation above this (std / mean) ...
+NOISY_CV = 0.25
+#: ... or a p90 more than this many times its p50 ...
+NOISY_P90_P50 = 1.5
+#: ... or per-round p50s whose largest is more than this many times the smallest.
+NOISY_ROUND_SPREAD = 1.3
+
+
+def noise_flags(latency: dict) -> dict:
+    """Whether a row's latency says the machine was noisy while it was measured.
+
+    Args:
+        latency: :func:`latency_stats` output, optionally with ``rounds_p50`` (ms).
+
+    Returns:
+        ``{"noisy": bool, "why": [str], "cv", "p90_p50", "round_spread"}``; the
+        thresholds are :data:`NOISY_CV`, :data:`NOISY_P90_P50` and
+        :data:`NOISY_ROUND_SPREAD`.
+    """
+    cv = float(latency.get("cv") or 0.0)
+    p50, p90 = latency.get("p50") or 0.0, latency.get("p90") or 0.0
+    ratio = p90 / p50 if p50 > 0 else None
+    rp = [v for v in latency.get("rounds_p50") or [] if v and v > 0]
+    spread = max(rp) / min(rp) if len(rp) > 1 else None
+    why = []
+    if cv > NOISY_CV:
+        why.append(f"CV {cv:.2f} > {NOISY_CV}")
+    if ratio is not None and ratio > NOISY_P90_P50:
+        why.append(f"p90/p50 {ratio:.2f} > {NOISY_P90_P50}")
+    if spread is not None and spread > NOISY_ROUND_SPREAD:
+        why.append(f"round p50s differ {spread:.2f}x > {NOISY_ROUND_SPREAD}x")
+    return {"noisy": bool(why), "why": why, "cv": cv, "p90_p50": ratio, "round_spread": spread}
 
 
 def accepts_batch(runner, n: int) -> bool:
@@ -370,8 +427,50 @@ def gpu_names() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
-def environment(threads: int | None) -> dict:
+def machine_load() -> dict:
+    """The machine's load now: ``{"loadavg": [1, 5, 15 min], "cpu_mhz": mean, "cpu_mhz_min",
+    "cpu_mhz_max"}``; a figure this system does not expose is None.
+
+    Load average from :func:`os.getloadavg`; the clock from ``scaling_cur_freq`` in
+    ``/sys/devices/system/cpu/cpu*/cpufreq`` (kHz), else ``cpu MHz`` in ``/proc/cpuinfo``.
+    """
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = None
+    mhz: list[float] = []
+    import glob
+
+    for f in glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq"):
+        try:
+            with open(f) as fh:
+                mhz.append(int(fh.read().strip()) / 1000.0)
+        except (OSError, ValueError):
+            pass
+    if not mhz:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                for line in fh:
+                    k, _, v = line.partition(":")
+                    if k.strip() == "cpu MHz":
+                        mhz.append(float(v))
+        except (OSError, ValueError):
+            pass
+    return {
+        "loadavg": load,
+        "cpu_mhz": round(sum(mhz) / len(mhz), 1) if mhz else None,
+        "cpu_mhz_min": round(min(mhz), 1) if mhz else None,
+        "cpu_mhz_max": round(max(mhz), 1) if mhz else None,
+    }
+
+
+def environment(threads: int | None, load: dict | None = None) -> dict:
     """What every result is recorded with: machine, CPU and ISA, GPU, versions, threads.
+
+    Args:
+        threads: the ``--threads`` of the run.
+        load: ``{"start": machine_load(), "end": machine_load()}`` around the
+            measurement (:func:`machine_load`); stored as ``environment.load``.
 
     Nothing heavy is imported; torch's thread count is recorded only when torch is
     already loaded in this process.
@@ -395,7 +494,118 @@ def environment(threads: int | None) -> dict:
         "thread_env": thread_env,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load": load or {"end": machine_load()},
     }
+
+
+class _Session:
+    """One opened artifact, measured in steps: :meth:`latency_round` once per round,
+    then :meth:`finish` (throughput, accuracy, the row). Lives in the child process of
+    :func:`bench_many` (or in this process with ``isolate=False``)."""
+
+    def __init__(self, artifact_dir, test_split, cfg: BenchConfig, threads: int | None):
+        from edgekit.build import open_artifact
+        from edgekit.preprocess import Preprocess
+
+        self.cfg, self.threads, self.test = cfg, threads, test_split
+        self.runner, self.manifest = open_artifact(artifact_dir, threads)
+        self.target = self.manifest["target"]
+        self.samples: list[np.ndarray] = []
+        self.rounds_p50: list[float] = []
+        self.duration_s = 0.0
+        try:
+            self.pre = Preprocess.from_dict(self.manifest["preprocess"])
+            if test_split is not None:
+                pool_imgs = test_split.x[:32]
+            else:
+                rng = np.random.default_rng(0)
+                pool_imgs = rng.integers(
+                    0, 256, (32, self.pre.height, self.pre.width, 3), dtype=np.uint8
+                )
+            self.pool = self.pre.apply(pool_imgs)
+            if not accepts_batch(self.runner, 1):
+                raise EdgekitError(
+                    f"{self.target} is a static-batch artifact (batch range "
+                    f"{self.runner.batch_range}) and cannot take batch 1, which latency is "
+                    "measured at"
+                )
+            if cfg.strict_batch:
+                check_batch_sizes(self.target, self.runner.batch_range, cfg.batch_sizes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _guard(self, fn):
+        try:
+            return fn()
+        except EdgekitError:
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise EdgekitError(f"{self.target} failed while running: {first}") from None
+
+    def latency_round(self, i: int, rounds: int) -> float:
+        """Round ``i`` of ``rounds``: its share of the stopping rules. Returns its p50 (ms)."""
+        cfg = self.cfg
+        first = i == 0
+        warm = cfg.warmup_queries if first else min(cfg.warmup_queries, 5)
+        stats, arr = self._guard(
+            lambda: measure_latency(
+                self.runner,
+                self.pool[:1],
+                cfg,
+                warmup=None if first else warm,
+                min_queries=-(-cfg.min_queries // rounds),
+                min_duration_s=cfg.min_duration_s / rounds,
+            )
+        )
+        self.samples.append(arr)
+        self.rounds_p50.append(stats["p50"])
+        self.duration_s += stats["duration_s"]
+        return stats["p50"]
+
+    def finish(self) -> dict:
+        cfg, test = self.cfg, self.test
+        if not self.samples:
+            self.latency_round(0, 1)
+        samples = np.concatenate(self.samples)
+        lat = latency_stats(samples)
+        lat["duration_s"] = self.duration_s
+        lat["rounds"] = len(self.rounds_p50)
+        lat["rounds_p50"] = [round(v, 5) for v in self.rounds_p50]
+        gpu = gpu_stats(self.runner)  # batch-1 latency with and without host-device copies
+        thr = self._guard(lambda: measure_throughput(self.runner, self.pool, cfg))
+        acc = None
+        if cfg.accuracy and test is not None:
+            n = (
+                len(test.y)
+                if cfg.accuracy_images is None
+                else min(cfg.accuracy_images, len(test.y))
+            )
+            acc = self._guard(
+                lambda: measure_accuracy(
+                    self.runner, test.x[:n], test.y[:n], self.pre, cfg.accuracy_batch
+                )
+            )
+        row = result_row(
+            self.manifest,
+            status="ok",
+            latency=lat,
+            samples=samples,
+            throughput=thr,
+            accuracy=acc,
+            threads=self.threads,
+            device=self.runner.device,
+            gpu=gpu,
+        )
+        if acc is not None and cfg.accuracy_images is not None:
+            row["accuracy_images"] = acc["images"]  # a capped pass: the table says so
+        return row
+
+    def close(self) -> None:
+        runner, self.runner = getattr(self, "runner", None), None
+        if runner is not None:
+            runner.close()
 
 
 def bench_artifact(artifact_dir, test_split, cfg: BenchConfig, threads: int | None = None) -> dict:
@@ -404,7 +614,7 @@ def bench_artifact(artifact_dir, test_split, cfg: BenchConfig, threads: int | No
     Args:
         artifact_dir: a directory with ``manifest.json``.
         test_split: a :class:`edgekit.data.Split` (uint8 images) or None to skip accuracy.
-        cfg: measurement rules.
+        cfg: measurement rules (its ``rounds`` run back to back here: one target).
         threads: intra-op threads of the backend (None: its default).
 
     Returns:
@@ -413,52 +623,14 @@ def bench_artifact(artifact_dir, test_split, cfg: BenchConfig, threads: int | No
     Raises:
         EdgekitError: the artifact cannot be opened or run.
     """
-    from edgekit.build import open_artifact
-    from edgekit.preprocess import Preprocess
-
-    runner, manifest = open_artifact(artifact_dir, threads)
+    s = _Session(artifact_dir, test_split, cfg, threads)
     try:
-        pre = Preprocess.from_dict(manifest["preprocess"])
-        if test_split is not None:
-            pool_imgs = test_split.x[:32]
-        else:
-            rng = np.random.default_rng(0)
-            pool_imgs = rng.integers(0, 256, (32, pre.height, pre.width, 3), dtype=np.uint8)
-        pool = pre.apply(pool_imgs)
-        if not accepts_batch(runner, 1):
-            raise EdgekitError(
-                f"{manifest['target']} is a static-batch artifact (batch range "
-                f"{runner.batch_range}) and cannot take batch 1, which latency is measured at"
-            )
-        if cfg.strict_batch:
-            check_batch_sizes(manifest["target"], runner.batch_range, cfg.batch_sizes)
-        try:
-            lat, samples = measure_latency(runner, pool[:1], cfg)
-            gpu = gpu_stats(runner)  # batch-1 latency with and without host-device copies
-            thr = measure_throughput(runner, pool, cfg)
-            acc = (
-                measure_accuracy(runner, test_split.x, test_split.y, pre, cfg.accuracy_batch)
-                if cfg.accuracy and test_split is not None
-                else None
-            )
-        except EdgekitError:
-            raise
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise EdgekitError(f"{manifest['target']} failed while running: {first}") from None
-        return result_row(
-            manifest,
-            status="ok",
-            latency=lat,
-            samples=samples,
-            throughput=thr,
-            accuracy=acc,
-            threads=threads,
-            device=runner.device,
-            gpu=gpu,
-        )
+        rounds = max(1, cfg.rounds)
+        for i in range(rounds):
+            s.latency_round(i, rounds)
+        return s.finish()
     finally:
-        runner.close()
+        s.close()
 
 
 def result_row(
@@ -478,8 +650,11 @@ def result_row(
 ) -> dict:
     """One report row. ``status``: ``ok``, ``failed`` or ``unavailable``.
 
-    ``peak_rss_mb`` is this process's peak resident memory unless ``rss_mb`` is
-    given; under :func:`bench_isolated` the process measured only this target.
+    ``peak_rss_mb`` is this process's peak resident memory (under
+    :func:`bench_many` a process that measured only this target) unless ``rss_mb``
+    is given; a row that is not ``ok`` has none (this process never ran it, so its
+    peak would be the parent's). An ``ok`` row with latency carries ``noisy`` and
+    ``noise`` (:func:`noise_flags`).
     """
     m = manifest or {}
     row = {
@@ -499,10 +674,14 @@ def result_row(
         "top1": accuracy["top1"] if accuracy else None,
         "top5": accuracy["top5"] if accuracy else None,
         "predictions": accuracy["predictions"] if accuracy else None,
-        "peak_rss_mb": peak_rss_mb() if rss_mb is None else rss_mb,
+        "peak_rss_mb": (peak_rss_mb() if rss_mb is None else rss_mb) if status == "ok" else None,
         "gpu_mem_mb": (gpu or {}).get("device_used_mb"),
         "gpu": gpu,
     }
+    if status == "ok" and latency:
+        flags = noise_flags(latency)
+        row["noisy"] = flags.pop("noisy")
+        row["noise"] = flags
     return row
 
 
@@ -528,104 +707,245 @@ def failure_row(artifact_dir, exc: BaseException) -> dict:
     else:
         reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
     status = "unavailable" if isinstance(exc, UnavailableError) else "failed"
-    row = result_row(
+    return result_row(
         manifest, status=status, target=None if manifest else Path(artifact_dir).name, reason=reason
     )
-    row["peak_rss_mb"] = None
-    return row
 
 
 def _bench_worker(conn, artifact_dir, test_split, cfg, threads) -> None:
-    """Child side of :func:`bench_isolated`: measure, send one row, exit."""
+    """Child side of :func:`bench_many`: open the artifact, then obey the parent.
+
+    Messages to the parent: ``("ready", None)``, ``("p50", ms)`` after each latency
+    round, and finally ``("row", row)`` (after ``finish`` or on any failure).
+    """
+    session = None
     try:
-        row = bench_artifact(artifact_dir, test_split, cfg, threads)
+        session = _Session(artifact_dir, test_split, cfg, threads)
+        conn.send(("ready", None))
+        while True:
+            cmd = conn.recv()
+            if cmd[0] == "round":
+                conn.send(("p50", session.latency_round(cmd[1], cmd[2])))
+            else:  # "finish"
+                conn.send(("row", session.finish()))
+                break
     except BaseException as e:  # every failure becomes a row for the parent
-        row = failure_row(artifact_dir, e)
-    conn.send(row)
-    conn.close()
+        with contextlib.suppress(OSError, EOFError):
+            conn.send(("row", failure_row(artifact_dir, e)))
+    finally:
+        if session is not None:
+            session.close()
+        conn.close()
+
+
+class _Child:
+    """The parent's handle on one :func:`_bench_worker` process."""
+
+    def __init__(self, ctx, artifact_dir, test_split, cfg, threads):
+        self.dir = artifact_dir
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=_bench_worker,
+            args=(child, str(artifact_dir), test_split, cfg, threads),
+            daemon=True,
+        )
+        self.proc.start()
+        child.close()
+        self.row: dict | None = None  # set once the child has answered with a row
+        self.elapsed = 0.0
+
+    def ask(self, cmd, timeout_s: float | None):
+        """Send ``cmd`` (None: only wait) and return the answer ``(kind, value)``;
+        a dead or silent child becomes a failed row."""
+        t0 = time.monotonic()
+        try:
+            if cmd is not None:
+                self.conn.send(cmd)
+            deadline = None if timeout_s is None else t0 + timeout_s
+            while True:
+                if self.conn.poll(0.2):
+                    msg = self.conn.recv()
+                    break
+                if not self.proc.is_alive() and not self.conn.poll(0):
+                    code = self.proc.exitcode
+                    how = (
+                        f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    )
+                    msg = (
+                        "row",
+                        failure_row(
+                            self.dir,
+                            EdgekitError(f"the runner process died ({how}) before reporting"),
+                        ),
+                    )
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    self.proc.kill()
+                    msg = (
+                        "row",
+                        failure_row(self.dir, EdgekitError(f"timed out after {timeout_s:.0f} s")),
+                    )
+                    break
+        except (OSError, EOFError, BrokenPipeError):
+            msg = (
+                "row",
+                failure_row(self.dir, EdgekitError("the runner process died before reporting")),
+            )
+        self.elapsed += time.monotonic() - t0
+        if msg[0] == "row":
+            self.row = msg[1]
+        return msg
+
+    def close(self) -> None:
+        self.conn.close()
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+class _Local:
+    """In-process counterpart of :class:`_Child` (``isolate=False``)."""
+
+    def __init__(self, artifact_dir, test_split, cfg, threads):
+        self.dir, self.row, self.elapsed, self.session = artifact_dir, None, 0.0, None
+        t0 = time.monotonic()
+        try:
+            self.session = _Session(artifact_dir, test_split, cfg, threads)
+        except Exception as e:
+            self.row = failure_row(artifact_dir, e)
+        self.elapsed += time.monotonic() - t0
+
+    def ask(self, cmd, timeout_s=None):
+        if self.row is not None:
+            return ("row", self.row)
+        if cmd is None:
+            return ("ready", None)
+        t0 = time.monotonic()
+        try:
+            if cmd[0] == "round":
+                msg = ("p50", self.session.latency_round(cmd[1], cmd[2]))
+            else:
+                msg = ("row", self.session.finish())
+        except Exception as e:
+            msg = ("row", failure_row(self.dir, e))
+        self.elapsed += time.monotonic() - t0
+        if msg[0] == "row":
+            self.row = msg[1]
+            self.close()
+        return msg
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+def row_summary(row: dict, elapsed_s: float | None = None) -> str:
+    """One log line for a finished row, e.g.
+    ``ort-cpu: ok  top-1 91.73%  p50 0.74 ms  p90 0.80 ms  (12.3 s)``."""
+    parts = [f"{row.get('target')}: {row.get('status')}"]
+    if row.get("status") == "ok":
+        if row.get("top1") is not None:
+            parts.append(f"top-1 {row['top1']:.2f}%")
+        lat = row.get("latency_ms") or {}
+        if lat.get("p50") is not None:
+            parts.append(f"p50 {lat['p50']:.3g} ms  p90 {lat['p90']:.3g} ms")
+        if row.get("noisy"):
+            parts.append("NOISY (" + "; ".join((row.get("noise") or {}).get("why") or []) + ")")
+    elif row.get("reason"):
+        parts[0] += f" ({(str(row['reason']).splitlines() or [''])[0]})"
+    if elapsed_s is not None:
+        parts.append(f"({elapsed_s:.1f} s)")
+    return "  ".join(parts)
 
 
 def bench_isolated(
     artifact_dir, test_split, cfg: BenchConfig, threads: int | None = None, timeout_s=None
 ) -> dict:
-    """:func:`bench_artifact` in a fresh process (``multiprocessing`` spawn).
-
-    Each target then gets its own peak resident memory, an ONNX Runtime artifact
-    is not measured in a process that has imported torch, and a runner that
-    crashes the interpreter (segfault, abort, out of memory) becomes a
-    ``failed`` row instead of ending the benchmark. Never raises for a target
-    problem; scripts calling it need the usual ``if __name__ == "__main__":`` guard.
-
-    Args:
-        artifact_dir: a directory with ``manifest.json``.
-        test_split: :class:`edgekit.data.Split` or None (sent to the child by pickle).
-        cfg: measurement rules.
-        threads: intra-op threads.
-        timeout_s: kill the child after this many seconds (None: no limit).
-
-    Returns:
-        A result row with status ``ok``, ``failed`` or ``unavailable``.
-    """
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_bench_worker, args=(send, str(artifact_dir), test_split, cfg, threads), daemon=True
-    )
-    proc.start()
-    send.close()
-    row = None
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    try:
-        while row is None:
-            if recv.poll(0.2):
-                try:
-                    row = recv.recv()
-                except EOFError:
-                    break
-            elif not proc.is_alive() and not recv.poll(0):
-                break
-            elif deadline is not None and time.monotonic() > deadline:
-                proc.kill()
-                proc.join()
-                return failure_row(artifact_dir, EdgekitError(f"timed out after {timeout_s:.0f} s"))
-    finally:
-        recv.close()
-    proc.join(timeout=30)
-    if row is None:
-        code = proc.exitcode
-        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        return failure_row(
-            artifact_dir, EdgekitError(f"the runner process died ({how}) before reporting")
-        )
-    return row
+    """:func:`bench_artifact` in a fresh process (``multiprocessing`` spawn); see
+    :func:`bench_many`, of which this is the one-artifact case. Never raises for a
+    target problem."""
+    return bench_many([artifact_dir], test_split, cfg, threads, isolate=True, timeout_s=timeout_s)[
+        0
+    ]
 
 
 def bench_many(
-    dirs, test_split, cfg: BenchConfig, threads: int | None = None, isolate: bool = True, log=None
+    dirs,
+    test_split,
+    cfg: BenchConfig,
+    threads: int | None = None,
+    isolate: bool = True,
+    log=None,
+    timeout_s: float | None = None,
 ) -> list[dict]:
-    """Measure several artifact directories; a failing one is a row, never an abort.
+    """Measure several artifact directories, interleaved; a failing one is a row.
+
+    Every artifact is opened first (with ``isolate``: each in its own fresh
+    ``multiprocessing`` spawn process, so each gets its own peak resident memory,
+    an ONNX Runtime artifact is not measured in a process that imported torch, and
+    a runner that crashes the interpreter becomes a ``failed`` row). Then the
+    batch-1 latency runs in ``cfg.rounds`` rounds; in each round every target
+    measures its share of the stopping rules, one after another, the order rotating
+    by one every round, so slow changes of the machine's load hit all targets
+    alike (the method of ``benchmarks/side_by_side.py``). Last, target by target,
+    throughput and the accuracy pass; each row is logged as it finishes, with the
+    seconds spent on it. Scripts calling it need the ``if __name__ == "__main__":``
+    guard.
 
     Args:
-        isolate: one fresh process per artifact (:func:`bench_isolated`).
+        isolate: one fresh process per artifact (else all in this process).
         log: ``callable(str)`` for progress, or None.
+        timeout_s: kill an artifact's process after this many seconds for one step.
+
+    Returns:
+        One row per directory, in the order given.
     """
-    rows = []
-    for d in dirs:
-        if log:
-            log(f"benchmarking {d}")
-        if isolate:
-            row = bench_isolated(d, test_split, cfg, threads)
-        else:
-            try:
-                row = bench_artifact(d, test_split, cfg, threads)
-            except Exception as e:
-                row = failure_row(d, e)
-        if log and row["status"] != "ok":
-            log(f"{row['target']}: {row['status']}: {row['reason']}")
-        rows.append(row)
-    return rows
+    import multiprocessing as mp
+
+    dirs = list(dirs)
+    t_start = time.monotonic()
+    ctx = mp.get_context("spawn") if isolate else None
+    handles = []
+    try:
+        for d in dirs:
+            if log:
+                log(f"opening {d}")
+            h = (
+                _Child(ctx, d, test_split, cfg, threads)
+                if isolate
+                else _Local(d, test_split, cfg, threads)
+            )
+            handles.append(h)
+        for h in handles:  # the children load in parallel; wait for each to be ready
+            if h.row is None:
+                h.ask(None, timeout_s)
+            if h.row is not None and log:
+                log(row_summary(h.row, h.elapsed))
+        rounds = max(1, cfg.rounds)
+        live = [h for h in handles if h.row is None]
+        for i in range(rounds):
+            k = i % max(1, len(live))
+            for h in live[k:] + live[:k]:
+                if h.row is None:
+                    h.ask(("round", i, rounds), timeout_s)
+                    if h.row is not None and log:
+                        log(row_summary(h.row, h.elapsed))
+            if log and live:
+                log(
+                    f"latency round {i + 1}/{rounds} done "
+                    f"({time.monotonic() - t_start:.1f} s so far)"
+                )
+        for h in live:
+            if h.row is None:
+                h.ask(("finish",), timeout_s)
+                if log:
+                    log(row_summary(h.row, h.elapsed))
+    finally:
+        for h in handles:
+            h.close()
+    return [h.row for h in handles]
 
 
 def add_ratios(
@@ -633,19 +953,30 @@ def add_ratios(
 ) -> list[dict]:
     """Add speedup and size ratio against ``baseline`` and the top-1 drop (points).
 
-    The drop is against ``reference`` (default: the baseline row), the FP32 model.
+    The drop is ``reference top-1 - row top-1`` (positive: a loss), against
+    ``reference`` (default: the baseline row), the FP32 model. When both rows were
+    measured in the same interleaved rounds (``latency_ms.rounds_p50`` of equal
+    length), the speedup is the median of the per-round ratios ``baseline p50 /
+    row p50`` and ``speedup_range`` their [min, max]; otherwise the ratio of p50s.
     """
+    import statistics
+
     base = next((r for r in rows if r["target"] == baseline and r["status"] == "ok"), None)
     ref = next(
         (r for r in rows if r["target"] == (reference or baseline) and r["status"] == "ok"), base
     )
     for r in rows:
         ok = r["status"] == "ok"
-        r["speedup"] = (
-            base["latency_ms"]["p50"] / r["latency_ms"]["p50"]
-            if ok and base and r["latency_ms"]
-            else None
-        )
+        r["speedup"], r["speedup_range"] = None, None
+        if ok and base and r["latency_ms"] and base["latency_ms"]:
+            br = base["latency_ms"].get("rounds_p50") or []
+            rr = r["latency_ms"].get("rounds_p50") or []
+            if len(br) > 1 and len(br) == len(rr) and all(v > 0 for v in rr):
+                ratios = [b / x for b, x in zip(br, rr, strict=True)]
+                r["speedup"] = statistics.median(ratios)
+                r["speedup_range"] = [min(ratios), max(ratios)]
+            else:
+                r["speedup"] = base["latency_ms"]["p50"] / r["latency_ms"]["p50"]
         r["size_ratio"] = (
             r["size_mb"] / base["size_mb"] if ok and base and base["size_mb"] else None
         )

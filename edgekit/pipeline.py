@@ -513,13 +513,16 @@ def run(
     force: bool = False,
     log=print,
     show_progress: bool = False,
+    label: str | None = None,
 ) -> list[dict]:
     """The main job: prepare, build every target, benchmark every artifact.
 
     A target that is unavailable or fails becomes a row with the reason; it never
-    stops the others. Each artifact is measured in a fresh process
-    (:func:`edgekit.harness.bench_isolated`). Returns the report rows; the report
+    stops the others. Every target is built first; then all are measured by
+    :func:`edgekit.harness.bench_many` (each in a fresh process, latency in
+    interleaved rounds). Returns the report rows; the report
     (``report.json``/``.csv``/``.md`` and the PNG plots) is written into ``WORK``.
+    ``label`` names the run in merged reports (``meta.run``; default: host and date).
     """
     from edgekit.harness import BenchConfig
     from edgekit.targets import get_target
@@ -535,11 +538,13 @@ def run(
     if ws.root.exists() and not ws.root.is_dir():
         raise EdgekitError(f"{ws.root} exists and is not a directory")
     with ws.lock():
-        return _run(spec, ws, chosen, cfg, threads, force, log, show_progress)
+        return _run(spec, ws, chosen, cfg, threads, force, log, show_progress, label)
 
 
-def _run(spec, ws: Workspace, chosen, cfg, threads, force, log, show_progress) -> list[dict]:
-    from edgekit.harness import add_ratios, environment
+def _run(
+    spec, ws: Workspace, chosen, cfg, threads, force, log, show_progress, label=None
+) -> list[dict]:
+    from edgekit.harness import add_ratios, bench_many, environment, machine_load
     from edgekit.report import merge_reports, write_all
 
     ws = prepare(spec, ws.root, force=force, log=log, show_progress=show_progress)
@@ -547,33 +552,48 @@ def _run(spec, ws: Workspace, chosen, cfg, threads, force, log, show_progress) -
     rec = ws.record()
     ds = load_workspace_dataset(rec)
     ctx = build_context(ws, ds)
-    rows = []
+    rows: dict[str, dict] = {}
     # bars only on a terminal: piped into a log, rich would hold the log lines back
     prog = _targets_bar(show_progress and sys.stderr.isatty())
-    task = prog.add_task("targets", total=len(chosen)) if prog else None
+    task = prog.add_task("building", total=len(chosen)) if prog else None
     with prog or contextlib.nullcontext():
         for t in chosen:
             if prog:
-                prog.update(task, description=f"{t.name}")
-            rows.append(_build_and_bench(t, ctx, ws, ds, cfg, threads, log))
+                prog.update(task, description=f"building {t.name}")
+            row = _build(t, ctx, ws, log)
+            if row is not None:
+                rows[t.name] = row
             if prog:
                 prog.advance(task)
-    add_ratios(rows)
+    built = [t.name for t in chosen if t.name not in rows]
+    if built:
+        log(f"benchmarking {len(built)} target(s) in {cfg.rounds} interleaved latency rounds")
+    load = {"start": machine_load()}
+    measured = bench_many(
+        [ws.artifact_dir(n) for n in built], ds.test, cfg, threads, isolate=True, log=log
+    )
+    load["end"] = machine_load()
+    for n, row in zip(built, measured, strict=True):
+        row["target"] = n
+        rows[n] = row
+    out = [rows[t.name] for t in chosen]
+    add_ratios(out)
     report = {
         "schema": "edgekit-report/1",
         # where this run trained or fine-tuned (None: it only loaded weights)
-        "environment": {**environment(threads), "train_device": rec.get("train_device")},
+        "environment": {**environment(threads, load), "train_device": rec.get("train_device")},
         "config": cfg.to_dict(),
         "meta": {
             "dataset": rec["dataset"],
             "model": rec["model"],
             "classes": rec.get("classes"),
-            "labels": ds.test.y.tolist(),
+            "labels": ds.test.y[: cfg.accuracy_images].tolist(),  # the images scored
+            **({"run": label} if label else {}),
         },
-        "rows": rows,
+        "rows": out,
     }
     write_all(merge_reports([report]), ws.root, stem="report")
-    return rows
+    return out
 
 
 def _targets_bar(enabled: bool):
@@ -593,25 +613,24 @@ def _targets_bar(enabled: bool):
     )
 
 
-def _build_and_bench(t, ctx, ws: Workspace, ds, cfg, threads, log) -> dict:
-    """Build one target and measure it in a fresh process; any failure becomes a row."""
+def _build(t, ctx, ws: Workspace, log) -> dict | None:
+    """Build one target; None when built, else its ``unavailable``/``failed`` row."""
     from edgekit.build import build_target
-    from edgekit.harness import bench_isolated, result_row
+    from edgekit.harness import result_row
     from edgekit.targets import unavailable_reason
 
     reason = unavailable_reason(t)
     if reason:
         log(f"{t.name}: unavailable ({reason})")
         return result_row(None, status="unavailable", target=t.name, reason=reason)
+    t0 = time.monotonic()
     try:
         log(f"{t.name}: building")
         build_target(t, ctx, ws.artifact_dir(t.name), force=True)
-        log(f"{t.name}: benchmarking")
-        row = bench_isolated(ws.artifact_dir(t.name), ds.test, cfg, threads)
-        if row["status"] != "ok":
-            log(f"{t.name}: {row['status']}: {row['reason']}")
-        return row
+        log(f"{t.name}: built ({time.monotonic() - t0:.1f} s)")
+        return None
     except UnavailableError as e:
+        log(f"{t.name}: unavailable ({e})")
         return result_row(None, status="unavailable", target=t.name, reason=str(e))
     except EdgekitError as e:
         log(f"{t.name}: failed: {e}")

@@ -18,70 +18,198 @@ def _fmt(v, spec: str = ".2f", none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
-def table(rows: list[dict], title: str = "edgekit benchmark"):
-    """A ``rich.table.Table`` with one row per target."""
-    from rich.table import Table
-
-    t = Table(title=title, header_style="bold")
-    for col, just in [
-        ("target", "left"),
-        ("status", "left"),
-        ("top-1 %", "right"),
-        ("drop pts", "right"),
-        ("p50 ms", "right"),
-        ("p90 ms", "right"),
-        ("p99 ms", "right"),
-        ("speedup", "right"),
-        ("img/s", "right"),
-        ("size MB", "right"),
-        ("size ratio", "right"),
-        ("RSS MB", "right"),
-    ]:
-        t.add_column(col, justify=just)
-    from rich.markup import escape
-
-    multi = _multi_run(rows)
-    for r in rows:
-        cells = _cells(r, multi)
-        cells[1] = escape(cells[1])  # reasons hold "edgekit-toolchain[gpu]"-like text, not markup
-        t.add_row(*cells)
-    return t
+def _num(v, none: str = "-") -> str:
+    """A latency or size with decimals by magnitude: 0.742, 12.35, 1115.2 (never cut)."""
+    if v is None:
+        return none
+    a = abs(v)
+    return format(v, ".3f" if a < 10 else ".2f" if a < 100 else ".1f")
 
 
-def _cells(r: dict, multi: bool) -> list[str]:
-    """A row's figures as text, in the column order of the table and the Markdown."""
+#: (header, justify, wide-only) of the terminal table, in order.
+COLUMNS = [
+    ("target", "left", False),
+    ("status", "left", False),
+    ("top-1 %", "right", False),
+    ("drop pts", "right", False),
+    ("p50 ms", "right", False),
+    ("p90 ms", "right", False),
+    ("p99 ms", "right", True),
+    ("size MB", "right", False),
+    ("size ratio", "right", True),
+    ("speedup", "right", False),
+    ("best img/s", "right", True),
+    ("CV", "right", True),
+    ("peak RSS MB", "right", True),
+]
+
+NOISE_NOTE = (
+    "noisy: latency CV > {cv}, p90/p50 > {p90}, or round p50s differing > {spread}x; "
+    "its latency figures (and speedup) are not reliable"
+)
+
+
+def _status(r: dict) -> str:
+    if r["status"] == "ok":
+        return "ok noisy" if r.get("noisy") else "ok"
+    return r["status"]
+
+
+def _cells(r: dict, multi: bool, wide: bool = True) -> list[str]:
+    """A row's figures as text, in :data:`COLUMNS` order (wide-only ones dropped
+    unless ``wide``); the status cell holds the status only (reasons are footnotes)."""
     lat = r.get("latency_ms") or {}
     thr = r.get("throughput_ips") or {}
     best = max((v for v in thr.values() if v), default=None)
-    status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
-    return [
+    drop = r.get("top1_drop")
+    if drop is not None and abs(drop) < 0.005:
+        drop = 0.0  # never "-0.00"
+    cells = [
         row_name(r, multi),
-        status,
+        _status(r),
         _fmt(r.get("top1")),
-        _fmt(r.get("top1_drop"), "+.2f"),
-        _fmt(lat.get("p50"), ".3f"),
-        _fmt(lat.get("p90"), ".3f"),
-        _fmt(lat.get("p99"), ".3f"),
+        _fmt(drop, ".2f"),
+        _num(lat.get("p50")),
+        _num(lat.get("p90")),
+        _num(lat.get("p99")),
+        _num(r.get("size_mb")),
+        _fmt(r.get("size_ratio"), ".3f"),
         _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
         _fmt(best, ".0f"),
-        _fmt(r.get("size_mb"), ".3f"),
-        _fmt(r.get("size_ratio"), ".3f"),
+        _fmt(lat.get("cv"), ".2f"),
         _fmt(r.get("peak_rss_mb"), ".0f"),
     ]
+    return [c for c, (_, _, w) in zip(cells, COLUMNS, strict=True) if wide or not w]
 
 
-def print_table(rows: list[dict], title: str = "edgekit benchmark", console=None) -> None:
+def table_parts(
+    rows: list[dict], *, wide: bool = False, show_all: bool = False, short_runs: bool = True
+) -> tuple[list[str], list[list[str]], list[str]]:
+    """The terminal table as text: ``(headers, cell rows, notes under the table)``.
 
-    (console or make_console()).print(table(rows, title))
+    Reasons of rows that are not ok become numbered footnotes (``failed [1]``);
+    ``unavailable`` rows are hidden unless ``show_all`` (a note says how many);
+    rows from several runs get a short ``run`` column (``#1``, ``#2`` ...) whose
+    labels are listed in the notes (with ``short_runs=False`` the column holds the
+    label itself).
+    """
+    from edgekit.harness import NOISY_CV, NOISY_P90_P50, NOISY_ROUND_SPREAD
+
+    multi = _multi_run(rows)
+    heads = [h for h, _, w in COLUMNS if wide or not w]
+    runs = list(dict.fromkeys(r.get("run") for r in rows)) if multi else []
+    if multi:
+        heads.insert(1, "run")
+    # every row unavailable: shown, or the table would be empty
+    show_all = show_all or all(r.get("status") == "unavailable" for r in rows)
+    shown = [r for r in rows if show_all or r.get("status") != "unavailable"]
+    hidden = len(rows) - len(shown)
+    notes: list[str] = []
+    reasons: dict[str, int] = {}
+    body = []
+    for r in shown:
+        cells = _cells(r, False, wide)
+        if r.get("status") != "ok":
+            why = " ".join(str(r.get("reason") or "no reason recorded").split())
+            n = reasons.setdefault(why, len(reasons) + 1)
+            cells[1] += f" [{n}]"
+        if multi:
+            cells.insert(1, f"#{runs.index(r.get('run')) + 1}" if short_runs else str(r["run"]))
+        body.append(cells)
+    for why, n in reasons.items():
+        notes.append(f"[{n}] {why}")
+    if any(r.get("noisy") for r in shown):
+        notes.append(NOISE_NOTE.format(cv=NOISY_CV, p90=NOISY_P90_P50, spread=NOISY_ROUND_SPREAD))
+    acc = {r.get("accuracy_images") for r in shown if r.get("accuracy_images")}
+    if acc:
+        notes.append(
+            "top-1 on the first " + "/".join(str(n) for n in sorted(acc)) + " test images only "
+            "(--accuracy-images)"
+        )
+    if hidden:
+        notes.append(f"{hidden} unavailable target(s) hidden; --all shows them")
+    for i, label in enumerate(runs if short_runs else []):
+        notes.append(f"run #{i + 1}: {label}")
+    return heads, body, notes
+
+
+def table(
+    rows: list[dict],
+    title: str = "edgekit benchmark",
+    *,
+    wide: bool = False,
+    show_all: bool = False,
+):
+    """A ``rich.table.Table`` with one row per target (see :func:`table_parts`).
+
+    Every column is as wide as its longest cell and never wraps, so names and
+    numbers are never cut; the notes (footnotes) are not part of it
+    (:func:`print_table` prints them under it).
+    """
+    return _table(table_parts(rows, wide=wide, show_all=show_all), title)
+
+
+def _table(parts, title: str, compact: bool = False):
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    heads, body, _ = parts
+    just = {h: j for h, j, _ in COLUMNS} | {"run": "left"}
+    kw = {"box": box.SIMPLE_HEAD, "show_edge": False, "padding": (0, 0)} if compact else {}
+    t = Table(title=title, header_style="bold", **kw)
+    for i, h in enumerate(heads):
+        width = max([len(h)] + [len(c[i]) for c in body])
+        t.add_column(h, justify=just[h], no_wrap=True, min_width=width)
+    for cells in body:
+        t.add_row(*(escape(c) for c in cells))
+    return t
+
+
+def print_table(
+    rows: list[dict],
+    title: str = "edgekit benchmark",
+    console=None,
+    *,
+    wide: bool = False,
+    show_all: bool = False,
+) -> None:
+    """Print :func:`table` to stdout (or ``console``), its notes under it."""
+    from rich.markup import escape
+
+    console = console or make_console()
+    parts = table_parts(rows, wide=wide, show_all=show_all)
+    t = _table(parts, title)
+    need = _natural_width(t)
+    if need > console.width:  # no borders; still too wide: printed whole, never cut
+        t = _table(parts, title, compact=True)
+        need = _natural_width(t)
+    console.print(t, width=max(need, console.width), crop=False)
+    for note in parts[2]:
+        console.print(escape(note), soft_wrap=False)
+
+
+def _natural_width(renderable) -> int:
+    """Columns ``renderable`` takes when nothing limits its width."""
+    import io
+
+    from rich.console import Console
+
+    c = Console(file=io.StringIO(), width=10_000, color_system=None)
+    c.print(renderable, crop=False)
+    return max((len(line.rstrip()) for line in c.file.getvalue().splitlines()), default=0)
 
 
 def make_console(stderr: bool = False):
-    """A rich Console; 160 columns wide when writing to a pipe or a log file, not 80."""
+    """A rich Console. Its width is the terminal's, or ``COLUMNS`` when set (in a
+    pipe too); in a pipe without ``COLUMNS``, 120."""
+    import os
+
     from rich.console import Console
 
     console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal:
-        console = Console(stderr=stderr, highlight=False, width=160)
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
+        console = Console(stderr=stderr, highlight=False, width=120)
     return console
 
 
@@ -120,12 +248,14 @@ LATENCY_KEYS = ("min", "mean", "p50", "p90", "p99", "max", "cv", "queries", "dur
 
 
 def run_label(environment: dict, fallback: str) -> str:
-    """A short label for one run: host and device (GPU name, else CPU model)."""
+    """A short label for a run without ``--label``: host and the UTC date and time it
+    was measured (``host 2026-11-28 10:21``); without a time, host and device."""
     env = environment or {}
     host = env.get("host") or fallback
-    gpus = env.get("gpus") or []
-    dev = gpus[0].split(",")[0] if gpus else (env.get("cpu") or env.get("machine") or "")
-    dev = " ".join(str(dev).replace("(R)", "").replace("(TM)", "").replace("CPU", "").split())
+    when = str(env.get("time") or "")[:16].replace("T", " ")
+    if when:
+        return f"{host} {when}"
+    dev = _short_cpu(env)
     return f"{host} ({dev})" if dev else host
 
 
@@ -209,7 +339,7 @@ def report_schema():
     typed figures (numbers or null; latencies in ms, sizes in MB, top-1 in
     percent); other keys in a row are kept as they are.
     """
-    from edgekit.schema import Choice, Dict, Int, ListOf, MapOf, Num, Str
+    from edgekit.schema import Bool, Choice, Dict, Int, ListOf, MapOf, Num, Str
 
     num = Num(nullable=True)
 
@@ -241,6 +371,10 @@ def report_schema():
             "peak_rss_mb": num,
             "gpu_mem_mb": num,
             "gpu": Dict({}, extra=True, nullable=True),
+            "noisy": Bool(nullable=True),
+            "noise": Dict({}, extra=True, nullable=True),
+            "speedup_range": ListOf(num, nullable=True),
+            "accuracy_images": Int(min=1, nullable=True),
         },
         extra=True,
     )
@@ -294,11 +428,21 @@ def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
     """
     runs: dict[str, dict] = {}
     rows: list[dict] = []
+    flat: list[dict] = []  # a merged report (e.g. edgekit run's report.json): its runs
+    flat_names: list = []
+    for i, rep in enumerate(reports):
+        parts = _split_runs(rep)
+        flat.extend(parts)
+        flat_names.extend([(names or [None] * len(reports))[i]] * len(parts))
+    reports, names = flat, flat_names
     for i, rep in enumerate(reports):
         env = rep.get("environment") or {}
         meta = rep.get("meta") or {}
         base = meta.get("run") or run_label(env, f"run{i + 1}")
         label, k = base, 2
+        source = (names or [None] * len(reports))[i]
+        if label in runs and source:  # two runs of one host: tell them apart by file
+            label = f"{base} ({'/'.join(Path(source).parts[-2:])})"
         while label in runs:
             label, k = f"{base} #{k}", k + 1
         runs[label] = {
@@ -311,6 +455,12 @@ def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
         for r in rep["rows"]:
             r = dict(r)
             r["run"] = label
+            if r.get("status") == "ok" and r.get("latency_ms") and "noisy" not in r:
+                from edgekit.harness import noise_flags  # a report of an older edgekit
+
+                flags = noise_flags(r["latency_ms"])
+                r["noisy"] = flags.pop("noisy")
+                r["noise"] = flags
             rows.append(r)
     out = {"schema": REPORT_SCHEMA, "runs": runs, "rows": rows}
     if len(reports) == 1:
@@ -321,6 +471,31 @@ def merge_reports(reports: list[dict], names: list[str] | None = None) -> dict:
         )
     else:
         out.update(environment={}, config={}, meta={"merged": list(runs)})
+    return out
+
+
+def _split_runs(rep: dict) -> list[dict]:
+    """A merged report (with ``runs``) as one plain report per run; others as they are.
+
+    So a merged file, such as the ``report.json`` ``edgekit run`` writes, merges again
+    with its test labels (kept per run) and its run labels."""
+    runs = rep.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        return [rep]
+    out = []
+    for label, run in runs.items():
+        meta = dict(run.get("meta") or {})
+        meta["run"] = label
+        if run.get("labels") is not None:
+            meta["labels"] = run["labels"]
+        out.append(
+            {
+                "environment": run.get("environment") or {},
+                "config": run.get("config") or {},
+                "meta": meta,
+                "rows": [r for r in rep["rows"] if r.get("run", label) == label],
+            }
+        )
     return out
 
 
@@ -389,30 +564,19 @@ def write_csv(path: str | Path, rows: list[dict], force: bool = True) -> Path:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """A GitHub-flavoured Markdown table of the main figures (for a README)."""
-    multi = _multi_run(rows)
-    head = [
-        "target",
-        "status",
-        "top-1 %",
-        "drop pts",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "speedup",
-        "best img/s",
-        "size MB",
-        "size ratio",
-        "peak RSS MB",
-    ]
+    """A GitHub-flavoured Markdown table of every row and figure (for a README),
+    its footnotes (reasons, noise, runs) under it."""
+    heads, body, notes = table_parts(rows, wide=True, show_all=True, short_runs=False)
+    just = {h: j for h, j, _ in COLUMNS} | {"run": "left"}
     lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|",
+        "| " + " | ".join(heads) + " |",
+        "|" + "|".join("---:" if just[h] == "right" else "---" for h in heads) + "|",
     ]
-    for r in rows:
-        cells = _cells(r, multi)
-        cells[1] = cells[1].replace("|", "\\|").replace("\n", " ")
-        lines.append("| " + " | ".join(cells) + " |")
+    for cells in body:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if notes:
+        lines.append("")
+        lines.extend(n.replace("\n", " ") + "  " for n in notes)
     return "\n".join(lines) + "\n"
 
 
@@ -459,6 +623,78 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+#: Built-in targets, in the order of their fixed colours (matplotlib's tab20 palette).
+TARGET_ORDER = (
+    "pytorch-fp32",
+    "ort-cpu",
+    "ort-cpu-int8",
+    "ts-fp32",
+    "ts-fx-int8",
+    "ort-cuda",
+    "ort-cuda-fp16",
+    "ort-trt",
+    "trt-fp32",
+    "trt-fp16",
+    "trt-int8",
+)
+_TAB20 = (0, 2, 6, 4, 8, 10, 12, 16, 18, 1, 3, 5, 7, 9, 11, 13, 17, 19, 14, 15)
+#: Marker of a run's points in merged reports (first run: circles, second: squares ...).
+RUN_MARKERS = "osD^vP*X"
+
+
+def target_color(name: str) -> str:
+    """The one colour of a target in every plot: a fixed tab20 colour for the built-in
+    targets, and for others one chosen by a CRC-32 of the name (stable across runs)."""
+    import zlib
+
+    from matplotlib import colors
+
+    cmap = _plt().get_cmap("tab20")
+    if name in TARGET_ORDER:
+        idx = _TAB20[TARGET_ORDER.index(name)]
+    else:
+        idx = _TAB20[len(TARGET_ORDER) + zlib.crc32(name.encode()) % (20 - len(TARGET_ORDER))]
+    return colors.to_hex(cmap(idx))
+
+
+def _run_marker(r: dict, runs: list) -> str:
+    return RUN_MARKERS[runs.index(r.get("run")) % len(RUN_MARKERS)] if r.get("run") in runs else "o"
+
+
+def _short_cpu(env: dict) -> str:
+    gpus = env.get("gpus") or []
+    dev = gpus[0].split(",")[0] if gpus else (env.get("cpu") or env.get("machine") or "")
+    return " ".join(str(dev).replace("(R)", "").replace("(TM)", "").replace("CPU", "").split())
+
+
+def plot_context(report: dict) -> str:
+    """The subtitle of every plot: model, dataset, machine, threads and date of each run
+    (one line per run, at most three)."""
+    runs = report.get("runs") or {}
+    items = [
+        (label, run.get("environment") or {}, run.get("meta") or {}) for label, run in runs.items()
+    ] or [(None, report.get("environment") or {}, report.get("meta") or {})]
+    lines = []
+    for label, env, meta in items[:3]:
+        what = f"{meta.get('model') or 'model ?'} on {meta.get('dataset') or 'dataset ?'}"
+        host = env.get("host") or "host ?"
+        cpu = _short_cpu(env)
+        threads = env.get("threads")
+        when = str(env.get("time") or "")[:16].replace("T", " ") or "date ?"
+        line = (
+            f"{what} | {host}{f' ({cpu})' if cpu else ''} | "
+            f"threads {threads if threads is not None else 'default'} | {when}"
+        )
+        lines.append(f"{label}: {line}" if len(items) > 1 else line)
+    if len(items) > 3:
+        lines.append(f"... and {len(items) - 3} more runs")
+    return "\n".join(lines)
+
+
+def _title(ax, what: str, context: str) -> None:
+    ax.set_title(f"{what}\n{context}" if context else what, fontsize=9)
+
+
 def _save(fig, path: Path, force: bool) -> Path:
     from edgekit.fileio import atomic_path
 
@@ -471,113 +707,218 @@ def _save(fig, path: Path, force: bool) -> Path:
 
 def _no_data(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} in these results", ha="center", va="center")
-    ax.set_axis_off()
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
-def plot_accuracy_latency(rows: list[dict], path: Path, force: bool = True) -> Path:
-    """top-1 against p50 latency, one point per target, the Pareto front marked."""
+def _axis_scale(ax, axis: str, values, unit: str) -> str:
+    """Log scale only when the values span more than 20x; plain tick labels either way
+    (never "3x10^-1"). Returns the axis label's scale note."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    vals = [v for v in values if v and v > 0]
+    log = bool(vals) and max(vals) / min(vals) > 20
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    if log:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        target.set_minor_formatter(NullFormatter())
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    return f"{unit}, log scale" if log else unit
+
+
+def _legend(ax, handles=None, **kw) -> None:
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles=handles, fontsize=7, **kw)
+
+
+def _run_handles(runs: list):
+    from matplotlib.lines import Line2D
+
+    return [
+        Line2D([], [], ls="", marker=RUN_MARKERS[i % len(RUN_MARKERS)], c="0.3", label=f"run: {r}")
+        for i, r in enumerate(runs)
+    ]
+
+
+def fig_accuracy_latency(rows: list[dict], context: str = ""):
+    """top-1 against p50 latency, one point per target (its colour), the Pareto front
+    stepped through; noisy rows are hollow."""
     plt = _plt()
     multi = _multi_run(rows)
+    runs = list(dict.fromkeys(r.get("run") for r in rows)) if multi else []
     pts = [
-        (r["latency_ms"]["p50"], r["top1"], row_name(r, multi))
+        r
         for r in rows
         if r.get("status") == "ok" and r.get("latency_ms") and r.get("top1") is not None
     ]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    _title(ax, "Accuracy against latency (batch 1)", context)
     if not pts:
         _no_data(ax, "targets with both top-1 and latency")
-        return _save(fig, path, force)
-    front = pareto_front([(p[0], p[1]) for p in pts])
-    for i, (x, y, name) in enumerate(pts):
-        on = i in front
-        ax.scatter(x, y, s=60 if on else 35, c="C3" if on else "C0", zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    fx = [pts[i][0] for i in front]
-    fy = [pts[i][1] for i in front]
-    ax.step(fx, fy, where="post", c="C3", lw=1.2, label="Pareto front", zorder=2)
-    ax.set_xscale("log")
-    ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
+        return fig
+    xy = [(r["latency_ms"]["p50"], r["top1"]) for r in pts]
+    front = pareto_front(xy)
+    seen = set()
+    for r, (x, y) in zip(pts, xy, strict=True):
+        c = target_color(r["target"])
+        noisy = bool(r.get("noisy"))
+        ax.scatter(
+            x,
+            y,
+            s=55,
+            marker=_run_marker(r, runs),
+            facecolors="none" if noisy else c,
+            edgecolors=c,
+            zorder=3,
+            label=None if r["target"] in seen else r["target"],
+        )
+        seen.add(r["target"])
+    fx = [xy[i][0] for i in front]
+    fy = [xy[i][1] for i in front]
+    ax.step(fx, fy, where="post", c="0.4", lw=1, ls="--", label="Pareto front", zorder=2)
+    xl = _axis_scale(ax, "x", [p[0] for p in xy], "ms")
+    ax.set_xlabel(f"p50 latency, batch 1 ({xl}); hollow: noisy")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("Accuracy against latency")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    return _save(fig, path, force)
+    ax.grid(True, which="major", alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    _legend(ax, handles + _run_handles(runs), loc="best")
+    return fig
 
 
-def plot_size_accuracy(rows: list[dict], path: Path, force: bool = True) -> Path:
-    """Artifact size (MB) against top-1."""
+def fig_size_accuracy(rows: list[dict], context: str = ""):
+    """Artifact size (MB) against top-1, one point per target (its colour)."""
     plt = _plt()
     multi = _multi_run(rows)
+    runs = list(dict.fromkeys(r.get("run") for r in rows)) if multi else []
     pts = [
-        (r["size_mb"], r["top1"], row_name(r, multi))
+        r
         for r in rows
         if r.get("status") == "ok" and r.get("size_mb") and r.get("top1") is not None
     ]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    _title(ax, "Size against accuracy", context)
     if not pts:
         _no_data(ax, "targets with both size and top-1")
-        return _save(fig, path, force)
-    for x, y, name in pts:
-        ax.scatter(x, y, c="C0", zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("artifact size (MB, log scale)")
+        return fig
+    seen = set()
+    for r in pts:
+        ax.scatter(
+            r["size_mb"],
+            r["top1"],
+            s=55,
+            marker=_run_marker(r, runs),
+            c=target_color(r["target"]),
+            zorder=3,
+            label=None if r["target"] in seen else r["target"],
+        )
+        seen.add(r["target"])
+    xl = _axis_scale(ax, "x", [r["size_mb"] for r in pts], "MB")
+    ax.set_xlabel(f"artifact size ({xl})")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("Size against accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, path, force)
+    ax.grid(True, which="major", alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    _legend(ax, handles + _run_handles(runs), loc="best")
+    return fig
 
 
-def plot_latency_distribution(rows: list[dict], path: Path, force: bool = True) -> Path:
-    """Box plot of the batch-1 latency samples of every target (p1..p99 whiskers)."""
+def fig_latency_distribution(rows: list[dict], context: str = ""):
+    """Box plot of the batch-1 latency samples of every target (p1..p99 whiskers),
+    boxes in the targets' colours; noisy rows marked in their label."""
     plt = _plt()
     multi = _multi_run(rows)
-    data = [
-        (row_name(r, multi), r["latency_samples_ms"])
-        for r in rows
-        if r.get("status") == "ok" and r.get("latency_samples_ms")
-    ]
-    fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(data), 3) + 1.5))
+    data = [r for r in rows if r.get("status") == "ok" and r.get("latency_samples_ms")]
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * max(len(data), 3) + 1.8))
+    _title(ax, "Latency distribution (batch 1)", context)
     if not data:
         _no_data(ax, "latency samples")
-        return _save(fig, path, force)
-    kw = {"whis": (1, 99), "showfliers": True, "flierprops": {"markersize": 2, "alpha": 0.4}}
+        return fig
+    kw = {
+        "whis": (1, 99),
+        "showfliers": True,
+        "flierprops": {"markersize": 2, "alpha": 0.4},
+        "patch_artist": True,
+    }
+    series = [r["latency_samples_ms"] for r in data]
     try:  # matplotlib >= 3.10
-        ax.boxplot([d[1] for d in data], orientation="horizontal", **kw)
+        bp = ax.boxplot(series, orientation="horizontal", **kw)
     except TypeError:
-        ax.boxplot([d[1] for d in data], vert=False, **kw)
-    ax.set_yticks(range(1, len(data) + 1), [d[0] for d in data], fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency per query, batch 1 (ms, log scale); whiskers p1..p99")
-    ax.set_title("Latency distribution")
-    ax.grid(True, axis="x", which="both", alpha=0.3)
-    return _save(fig, path, force)
+        bp = ax.boxplot(series, vert=False, **kw)
+    for box, r in zip(bp["boxes"], data, strict=True):
+        box.set_facecolor(target_color(r["target"]))
+        box.set_alpha(0.7)
+    names = [row_name(r, multi) + ("  (noisy)" if r.get("noisy") else "") for r in data]
+    ax.set_yticks(range(1, len(data) + 1), names, fontsize=8)
+    xl = _axis_scale(ax, "x", [v for s in series for v in s], "ms")
+    ax.set_xlabel(f"latency per query ({xl}); whiskers p1..p99")
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    return fig
 
 
-def plot_throughput(rows: list[dict], path: Path, force: bool = True) -> Path:
-    """Images per second against batch size, one line per target."""
+def fig_throughput(rows: list[dict], context: str = ""):
+    """Images per second against batch size, one line per target (its colour); the
+    x ticks are the measured batch sizes only."""
     plt = _plt()
     multi = _multi_run(rows)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = 0
+    runs = list(dict.fromkeys(r.get("run") for r in rows)) if multi else []
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    _title(ax, "Throughput against batch size", context)
+    sizes: set[int] = set()
+    ys: list[float] = []
     for r in rows:
         thr = {int(k): v for k, v in (r.get("throughput_ips") or {}).items() if v}
         if r.get("status") != "ok" or not thr:
             continue
         bs = sorted(thr)
-        ax.plot(bs, [thr[b] for b in bs], marker="o", label=row_name(r, multi))
-        drawn += 1
-    if not drawn:
+        sizes.update(bs)
+        ys += [thr[b] for b in bs]
+        ax.plot(
+            bs,
+            [thr[b] for b in bs],
+            marker=_run_marker(r, runs),
+            c=target_color(r["target"]),
+            label=row_name(r, multi),
+        )
+    if not sizes:
         _no_data(ax, "throughput figures")
-        return _save(fig, path, force)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size (log scale)")
-    ax.set_ylabel("images / s (log scale)")
-    ax.set_title("Throughput against batch size")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path, force)
+        return fig
+    from matplotlib.ticker import NullLocator
+
+    if len(sizes) > 1 and max(sizes) / min(sizes) > 4:
+        ax.set_xscale("log", base=2)
+        xl = "log scale"
+    else:
+        xl = "linear"
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(sorted(sizes), [str(b) for b in sorted(sizes)])
+    yl = _axis_scale(ax, "y", ys, "images/s")
+    ax.set_xlabel(f"batch size ({xl}; ticks: the measured sizes)")
+    ax.set_ylabel(yl.replace("images/s, ", "images/s (") + (")" if "log" in yl else ""))
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(ax, loc="best")
+    return fig
+
+
+def plot_accuracy_latency(rows: list[dict], path: Path, force: bool = True, context="") -> Path:
+    """:func:`fig_accuracy_latency` written as a PNG."""
+    return _save(fig_accuracy_latency(rows, context), path, force)
+
+
+def plot_size_accuracy(rows: list[dict], path: Path, force: bool = True, context="") -> Path:
+    """:func:`fig_size_accuracy` written as a PNG."""
+    return _save(fig_size_accuracy(rows, context), path, force)
+
+
+def plot_latency_distribution(rows: list[dict], path: Path, force: bool = True, context="") -> Path:
+    """:func:`fig_latency_distribution` written as a PNG."""
+    return _save(fig_latency_distribution(rows, context), path, force)
+
+
+def plot_throughput(rows: list[dict], path: Path, force: bool = True, context="") -> Path:
+    """:func:`fig_throughput` written as a PNG."""
+    return _save(fig_throughput(rows, context), path, force)
 
 
 def confusion_matrix(labels, predictions, num_classes: int | None = None):
@@ -592,16 +933,14 @@ def confusion_matrix(labels, predictions, num_classes: int | None = None):
     return np.bincount(y * c + p, minlength=c * c).reshape(c, c)
 
 
-def plot_confusion(
-    r: dict, labels, path: Path, force: bool = True, multi: bool = False, classes=None
-) -> Path:
-    """One target's confusion matrix (PNG), from its predictions and the test ``labels``."""
+def fig_confusion(r: dict, labels, multi: bool = False, classes=None, context: str = ""):
+    """One target's confusion matrix, from its predictions and the test ``labels``."""
     import numpy as np
 
     plt = _plt()
     cm = confusion_matrix(labels, r["predictions"], len(classes) if classes else None)
     c = cm.shape[0]
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * c + 2), max(3.5, 0.45 * c + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * c + 2.5), max(4, 0.45 * c + 2)))
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046)
     names = classes or [str(i) for i in range(c)]
@@ -624,8 +963,21 @@ def plot_confusion(
     acc = np.trace(cm) / max(cm.sum(), 1) * 100
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{row_name(r, multi)}: top-1 {acc:.2f}%", fontsize=9)
-    return _save(fig, path, force)
+    _title(ax, f"{row_name(r, multi)}: top-1 {acc:.2f}% on {int(cm.sum())} images", context)
+    return fig
+
+
+def plot_confusion(
+    r: dict,
+    labels,
+    path: Path,
+    force: bool = True,
+    multi: bool = False,
+    classes=None,
+    context: str = "",
+) -> Path:
+    """:func:`fig_confusion` written as a PNG."""
+    return _save(fig_confusion(r, labels, multi, classes, context), path, force)
 
 
 def _slug(name: str) -> str:
@@ -639,6 +991,14 @@ PLOTS = {
     "size_vs_accuracy.png": plot_size_accuracy,
     "latency_distribution.png": plot_latency_distribution,
     "throughput_vs_batch.png": plot_throughput,
+}
+
+#: The figure behind each file of :data:`PLOTS`: ``fn(rows, context) -> Figure``.
+FIGURES = {
+    "accuracy_vs_latency.png": fig_accuracy_latency,
+    "size_vs_accuracy.png": fig_size_accuracy,
+    "latency_distribution.png": fig_latency_distribution,
+    "throughput_vs_batch.png": fig_throughput,
 }
 
 
@@ -689,8 +1049,9 @@ def write_all(
     with atomic_path(out / f"{stem}.md", force=force) as tmp:
         tmp.write_text(md)
     written.append(out / f"{stem}.md")
+    context = plot_context(report)
     for name, fn in PLOTS.items():
-        written.append(fn(rows, out / name, force=force))
+        written.append(fn(rows, out / name, force=force, context=context))
     if confusion:
         multi = _multi_run(rows)
         runs = report.get("runs") or {}
@@ -717,6 +1078,9 @@ def write_all(
                         force,
                         multi,
                         classes=(run.get("meta") or {}).get("classes"),
+                        context=plot_context(
+                            {"environment": run.get("environment"), "meta": run.get("meta")}
+                        ),
                     )
                 )
     return written

@@ -77,7 +77,12 @@ def sweep(
     write_json(work / "sweep.json", all_rows)
     with atomic_path(work / "sweep.md", force=True) as tmp:  # replaces a link, never follows it
         tmp.write_text(markdown_table(all_rows))
-    plot_sweep(all_rows, work / "sweep.png")
+    from edgekit.harness import environment
+    from edgekit.report import plot_context
+
+    env = environment(threads)
+    meta = {"model": spec.model or "default model", "dataset": spec.dataset}
+    plot_sweep(all_rows, work / "sweep.png", plot_context({"environment": env, "meta": meta}))
     return all_rows
 
 
@@ -101,29 +106,56 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_sweep(rows: list[dict], path: Path) -> Path:
-    """Two panels: top-1 vs pruning ratio, top-1 vs p50 latency; one line per target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_sweep(rows: list[dict], path: Path, context: str = "") -> Path:
+    """:func:`fig_sweep` written as a PNG."""
     from edgekit.fileio import atomic_path
+    from edgekit.report import _plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = fig_sweep(rows, context)
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def fig_sweep(rows: list[dict], context: str = ""):
+    """Two panels: top-1 against pruning ratio, and top-1 against p50 latency with each
+    point labelled by its ratio and joined in latency order; one colour per target
+    (:func:`edgekit.report.target_color`)."""
+    from edgekit.report import _axis_scale, _plt, target_color
+
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    lat_all = []
     for t in sorted({r.get("target") for r in rows}):
         pts = [r for r in rows if r.get("target") == t and r.get("top1") is not None]
         if not pts:
             continue
+        c = target_color(t)
         pts.sort(key=lambda r: r["pruning_ratio"])
-        ax[0].plot([r["pruning_ratio"] for r in pts], [r["top1"] for r in pts], "o-", label=t)
+        ax[0].plot([r["pruning_ratio"] for r in pts], [r["top1"] for r in pts], "o-", c=c, label=t)
         lat = [r for r in pts if (r.get("latency_ms") or {}).get("p50") is not None]
-        ax[1].plot([r["latency_ms"]["p50"] for r in lat], [r["top1"] for r in lat], "o-", label=t)
-    ax[0].set(xlabel="pruning ratio", ylabel="top-1 (%)", title="top-1 vs pruning ratio")
-    ax[1].set(xlabel="p50 latency, batch 1 (ms)", ylabel="top-1 (%)", title="top-1 vs latency")
+        lat.sort(key=lambda r: r["latency_ms"]["p50"])  # joined in x order, never zig-zag
+        xs = [r["latency_ms"]["p50"] for r in lat]
+        lat_all += xs
+        ax[1].plot(xs, [r["top1"] for r in lat], "o-", c=c, label=t)
+        for r, x in zip(lat, xs, strict=True):
+            ax[1].annotate(
+                f"{r['pruning_ratio']:g}",
+                (x, r["top1"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color=c,
+            )
+    xl = _axis_scale(ax[1], "x", lat_all, "ms")
+    ax[0].set(xlabel="pruning ratio", ylabel="top-1 (%)")
+    ax[1].set(xlabel=f"p50 latency, batch 1 ({xl}); labels: pruning ratio", ylabel="top-1 (%)")
+    ax[0].set_title("top-1 against pruning ratio", fontsize=9)
+    ax[1].set_title("top-1 against latency", fontsize=9)
+    for a in ax:
+        a.grid(True, alpha=0.3)
     ax[0].legend(fontsize=7)
+    fig.suptitle(f"Pruning sweep\n{context}" if context else "Pruning sweep", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path, force=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return fig

@@ -570,7 +570,7 @@ def test_cli_limits_overwrites_and_malformed_input(box, sentinel, tmp_path):
             {"args": [*bench, "-o", existing, "--force"]},
         ]
     )
-    assert_user_error(results[0], "1 target(s) failed or unavailable: trt-int8", code=1)
+    assert_user_error(results[0], "trt-int8 unavailable: no TensorRT", code=1)
     # (an unavailable row beside an ok one: 0, see test_report.py's merged reports)
     assert_user_error(results[1], "already exists", "--force")
     assert results[2]["code"] == 0, results[2]["stderr"]

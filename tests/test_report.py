@@ -134,10 +134,11 @@ def test_write_all_files_csv_md_and_plots(two_reports, tmp_path):
     assert una["status"] == "unavailable" and una["latency_p50_ms"] == ""
     md = (out / "report.md").read_text()
     lines = md.splitlines()
-    assert lines[0].startswith("| target | status | top-1 %")
-    assert f"| ort-cpu-int8 @ desk (desk) | ok | {src['top1']:.2f} |" in md
-    assert f"{src['latency_ms']['p50']:.3f}" in md
-    assert "no GPU \\| here" in md  # a pipe in a reason does not break the table
+    assert lines[0].startswith("| target | run | status | top-1 %")
+    assert f"| ort-cpu-int8 | desk (desk) | ok | {src['top1']:.2f} |" in md
+    assert f"{src['latency_ms']['p50']:.3f}" in md  # below 10 ms: three decimals
+    # the reason is a numbered footnote under the table, where its pipe cannot break a row
+    assert "| trt-fp16 | desk (desk) | unavailable [1] |" in md and "[1] no GPU | here" in md
     assert "**pi (pi)**" in md and "**desk (desk)**" in md
     back = json.loads((out / "report.json").read_text())
     assert len(back["rows"]) == 8 and back["rows"][0]["latency_samples_ms"]
@@ -149,7 +150,8 @@ def test_plots_without_data_still_render(tmp_path):
     for p in written:
         if p.suffix == ".png":
             assert p.read_bytes().startswith(PNG_MAGIC)
-    assert "failed: boom" in markdown_table(rows)
+    md = markdown_table(rows)
+    assert "| x | failed [1] |" in md and "[1] boom" in md
 
 
 def test_confusion_needs_labels(tmp_path, two_reports):
@@ -164,7 +166,7 @@ def test_cli_report_merges_and_refuses_overwrite(two_reports, tmp_path):
     cmd = [sys.executable, "-m", "edgekit", "report", *map(str, two_reports), "-o", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "ort-cpu-int8 @ desk" in r.stdout
+    assert "ort-cpu-int8" in r.stdout and "run #2: desk (desk)" in r.stdout
     assert (out / "throughput_vs_batch.png").stat().st_size > 5000
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "already exists" in r.stderr

@@ -111,11 +111,11 @@ def _softmax(z):
 
 def test_blocker_hides_torch(artifacts):
     """The blocked interpreter really lacks torch: the PyTorch baseline cannot open,
-    and the message says which extra to install (exit 2, one line)."""
-    code, _, err, loaded = edgekit_no_torch(
+    and the message says which extra to install (exit 1: the asked row is unavailable)."""
+    code, out, err, loaded = edgekit_no_torch(
         "bench", "--artifact", artifacts["pytorch-fp32"], "--quick"
     )
-    assert code == 2
+    assert code == 1 and "unavailable [1]" in out
     line = _one_error_line(err)
     assert "torch not installed" in line and "edgekit-toolchain[build]" in line
     assert "torch" not in loaded
@@ -303,12 +303,13 @@ def test_error_bad_inputs(artifacts, expected, tmp_path, monkeypatch, capsys):
 
 
 def test_error_backend_runtime_missing(artifacts, tmp_path, monkeypatch, capsys):
-    """An artifact of a backend that is not available here names what to install."""
+    """An artifact of a backend that is not available here names what to install
+    (an unavailable asked row: exit status 1)."""
     a = _edit_manifest(
         artifacts["ort-cpu"], tmp_path / "trt", lambda m: m.update(backend="tensorrt", options={})
     )
     code, _, err = run_cli(monkeypatch, capsys, "bench", "-a", a, "--quick")
-    assert code == 2
+    assert code == 1
     assert "tensorrt" in _one_error_line(err).lower()
 
 
