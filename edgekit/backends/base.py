@@ -172,8 +172,11 @@ class BuildContext:
                 or NaN/Inf weights (refused as it loads: :func:`edgekit.models.check_finite`).
         """
         if self.checkpoint_path is None:
-            raise EdgekitError(
-                "this target is built from the PyTorch model, not the ONNX file",
+            from edgekit.errors import UnavailableError
+
+            raise UnavailableError(
+                "this target is built from the PyTorch model (an edgekit checkpoint), not the "
+                "ONNX file, and the work directory has none (e.g. an in-memory model)",
                 "give --weights (an edgekit checkpoint) or use edgekit run",
             )
         from edgekit.models import load_model
