@@ -13,11 +13,7 @@ TensorRT are imported by the functions that need them.
 import sys
 import types
 
-__version__ = "0.1.0"
-
-#: The distribution name on the package index (the import name and the CLI stay ``edgekit``:
-#: the index's ``edgekit`` is an unrelated project).
-DIST_NAME = "edgekit-toolchain"
+from edgekit._meta import DIST_NAME, __version__
 
 #: The Python API (:mod:`edgekit.api`), imported on first use so that ``import edgekit``
 #: stays cheap and imports no torch.

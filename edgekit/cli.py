@@ -42,7 +42,7 @@ class _PlainUsage(typer.core.TyperCommand):
 
 def _version(value: bool) -> None:
     if value:
-        from edgekit import DIST_NAME, __version__
+        from edgekit._meta import DIST_NAME, __version__
 
         typer.echo(f"edgekit {__version__} ({DIST_NAME})")
         raise typer.Exit()

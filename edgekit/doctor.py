@@ -34,7 +34,7 @@ import shutil
 import subprocess
 from importlib import metadata
 
-from edgekit import DIST_NAME
+from edgekit._meta import DIST_NAME
 
 #: Version of the JSON layout written by ``edgekit doctor --json``.
 SCHEMA_VERSION = 1

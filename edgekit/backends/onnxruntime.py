@@ -43,7 +43,7 @@ INT8_DEFAULTS = {
     "execution_provider": "CPUExecutionProvider",
     "quant_format": "QDQ",
     "per_channel": True,
-    "calibration_method": "MinMax",
+    "calibration_method": "minmax",
     "calib_per_class": 32,
     "calib_batch": 32,
     "activation_type": "QUInt8",
@@ -65,7 +65,7 @@ OPTION_SPECS = {
     "cuda_graph": Bool(),
     "quant_format": Choice("QDQ", "QOperator"),
     "per_channel": Bool(),
-    "calibration_method": Choice("MinMax", "Entropy", "Percentile"),
+    "calibration_method": Choice("minmax", "entropy", "percentile"),
     "calib_per_class": Int(min=1, max=100_000),
     "calib_batch": Int(min=1, max=65_536),
     "activation_type": Choice("QUInt8", "QInt8"),
@@ -151,14 +151,17 @@ class OnnxRuntimeBackend(Backend):
         "int8": INT8_DEFAULTS,
     }
     option_specs = OPTION_SPECS
+    value_aliases = {
+        "calibration_method": {"MinMax": "minmax", "Entropy": "entropy", "Percentile": "percentile"}
+    }
 
-    def resolve_options(self, precision: str, options, where: str = "") -> dict:
+    def resolve_options(self, precision: str, options, where: str = "", warn: bool = True) -> dict:
         """As :meth:`Backend.resolve_options`, and ``cuda_graph`` only with the CUDA EP.
 
         Raises:
             EdgekitError: also ``cuda_graph = true`` with another execution provider.
         """
-        opts = super().resolve_options(precision, options, where)
+        opts = super().resolve_options(precision, options, where, warn)
         if opts.get("cuda_graph") and opts["execution_provider"] != "CUDAExecutionProvider":
             raise EdgekitError(
                 f"{where}: cuda_graph = true needs execution_provider = "
@@ -328,9 +331,9 @@ def check_int8_options(opts: dict, where: str) -> dict:
             opts,
             "calibration_method",
             {
-                "MinMax": CalibrationMethod.MinMax,
-                "Entropy": CalibrationMethod.Entropy,
-                "Percentile": CalibrationMethod.Percentile,
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
             },
             where,
         ),
