@@ -615,7 +615,14 @@ def train_cmd(
     model: ModelOpt = "resnet20",
     weights: WeightsOpt = None,
     recipe: RecipeOpt = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Default: the recipe's.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            help="Total epochs (default: the recipe's). With --resume too: --epochs 40 after "
+            "30 trains 10 more, and the cosine lr continues downward from where it stood.",
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     momentum: Annotated[float | None, typer.Option("--momentum")] = None,
@@ -637,7 +644,12 @@ def train_cmd(
     teacher: Annotated[
         Path | None, typer.Option("--teacher", help="Distil from this checkpoint.")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue from OUT/last.pt up to --epochs in total (not more)."
+        ),
+    ] = False,
     seed: SeedOpt = 0,
     force: Annotated[
         bool,
@@ -723,7 +735,15 @@ def _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, igno
 @app.command("prune")
 def prune_cmd(
     weights: Annotated[Path, typer.Option("--weights", help="Checkpoint to prune.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Pruned edgekit checkpoint.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output directory, as for train: OUT/model.pt is the pruned checkpoint. "
+            "A FILE.pt (the old form) still works, with a warning.",
+        ),
+    ],
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = None,
@@ -764,9 +784,10 @@ def prune_cmd(
     from edgekit.prune import prune_checkpoint
 
     cfg = _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, ignore, by)
+    target = _prune_output(out)
     prune_checkpoint(
         str(weights),
-        str(out),
+        str(target),
         dataset,
         cfg,
         model=model,
@@ -781,7 +802,21 @@ def prune_cmd(
         force=force,
         log=_log,
     )
-    _log(f"wrote {out}")
+    _log(f"wrote {target}")
+
+
+def _prune_output(out: Path) -> Path:
+    """The checkpoint ``prune -o OUT`` writes: ``OUT/model.pt`` (OUT a directory, as for
+    ``train -o``), or OUT itself for the old form ``-o FILE.pt``/``.pth``, with a warning."""
+    if out.suffix in (".pt", ".pth") and not out.is_dir():
+        _log(
+            f"warning: -o {out}: prune -o now names a directory, as train -o does "
+            "(it writes DIR/model.pt); the old form -o FILE.pt still works and writes that file"
+        )
+        return out
+    if out.exists() and not out.is_dir():
+        raise EdgekitError(f"-o {out} is a file", "give a directory (OUT/model.pt is written)")
+    return out / "model.pt"
 
 
 @app.command("sweep")

@@ -50,3 +50,15 @@ def test_builtin_targets_use_the_shared_names(capsys):
     assert per_class and all(v is not None for v in per_class.values()), per_class
     methods = {t.options.get("calibration_method") for t in targets.values()} - {None}
     assert methods and all(m == m.lower() for m in methods)
+
+
+def test_prune_out_is_a_directory_like_train_and_the_old_file_form_warns(tmp_path, capsys):
+    from edgekit.cli import _prune_output
+
+    assert _prune_output(tmp_path / "p50") == tmp_path / "p50" / "model.pt"
+    assert not (tmp_path / "p50").exists()  # nothing written before the work
+    assert _prune_output(tmp_path / "old.pt") == tmp_path / "old.pt"
+    assert "prune -o now names a directory" in capsys.readouterr().err
+    (tmp_path / "f").write_text("")
+    with pytest.raises(EdgekitError, match="is a file"):
+        _prune_output(tmp_path / "f")
