@@ -172,3 +172,33 @@ def test_workspace_from_another_directory_and_a_missing_dataset(tmp_path, tiny_n
     shutil.rmtree(data)
     with pytest.raises(EdgekitError, match="recorded in the work directory's edgekit.json"):
         load_workspace_dataset(Workspace(tmp_path / "ws").record())
+
+
+def test_quantizer_deprecation_line_does_not_leak_from_the_int8_runner(tiny_workspace, tmp_path):
+    """The C++ `Quantizer.cpp` deprecation (printed once per process by torch.jit.load of a
+    quantized module) is held back; a fresh process shows whether it leaks."""
+    tf = tmp_path / "t.toml"
+    tf.write_text(
+        'name = "ts-int8-tiny"\nbackend = "torchscript"\nprecision = "int8"\n'
+        "[options]\ncalib_per_class = 2\n"
+    )
+    edgekit.build(
+        tiny_workspace.root, "ts-int8-tiny", target_files=[tf], force=True, errors="raise"
+    )
+    art = tiny_workspace.artifact_dir("ts-int8-tiny")
+    code = (
+        "import sys, os; from edgekit.build import open_artifact;"
+        f"r, _ = open_artifact({str(art)!r}, 1); os.write(2, b'other native line\\n')"
+    )
+    probe = (
+        "from edgekit.backends.torchscript import native_stderr_without;"
+        "import os\n"
+        "with native_stderr_without('Quantizer'):\n"
+        "    os.write(2, b'[W] Quantizer.cpp:1] Warning: x\\nkept line\\n')\n"
+    )
+    for src, gone, kept in ((code, "Quantizer.cpp", None), (probe, "Quantizer", "kept line")):
+        r = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert gone not in r.stderr, r.stderr
+        if kept:
+            assert kept in r.stderr
