@@ -613,7 +613,14 @@ def train_cmd(
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = "resnet20",
-    weights: WeightsOpt = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            help="Start from this checkpoint (loaded with weights_only=True) instead of a "
+            "random initialisation.",
+        ),
+    ] = None,
     recipe: RecipeOpt = None,
     epochs: Annotated[
         int | None,
