@@ -810,17 +810,19 @@ def prune_cmd(
         log=_log,
     )
     _log(f"wrote {target}")
-
-
-def _prune_output(out: Path) -> Path:
-    """The checkpoint ``prune -o OUT`` writes: ``OUT/model.pt`` (OUT a directory, as for
-    ``train -o``), or OUT itself for the old form ``-o FILE.pt``/``.pth``, with a warning."""
-    if out.suffix in (".pt", ".pth") and not out.is_dir():
+    if target == out:
         _log(
             f"warning: -o {out}: prune -o now names a directory, as train -o does "
             "(it writes DIR/model.pt); the old form -o FILE.pt still works and writes that file"
         )
-        return out
+
+
+def _prune_output(out: Path) -> Path:
+    """The checkpoint ``prune -o OUT`` writes: ``OUT/model.pt`` (OUT a directory, as for
+    ``train -o``), or OUT itself for the old form ``-o FILE.pt``/``.pth`` (the command warns
+    after writing it, so that an error stays the only line)."""
+    if out.suffix in (".pt", ".pth") and not out.is_dir():
+        return out  # the old form: warned about once the file is written
     if out.exists() and not out.is_dir():
         raise EdgekitError(f"-o {out} is a file", "give a directory (OUT/model.pt is written)")
     return out / "model.pt"

@@ -515,7 +515,10 @@ def build_context(ws: Workspace, dataset=None, seed: int | None = None):
     ds = dataset or load_workspace_dataset(rec)
     return BuildContext(
         onnx_path=ws.onnx,
-        checkpoint_path=ws.checkpoint if ws.checkpoint.is_file() else None,
+        # an in-memory module has no checkpoint; a named model's missing one is an error
+        checkpoint_path=None
+        if str(rec.get("model") or "").startswith("in-memory ") and not ws.checkpoint.is_file()
+        else ws.checkpoint,
         preprocess=Preprocess.from_dict(rec["preprocess"]),
         classes=rec["classes"],
         calib_split=ds.train,

@@ -52,13 +52,31 @@ def test_builtin_targets_use_the_shared_names(capsys):
     assert methods and all(m == m.lower() for m in methods)
 
 
-def test_prune_out_is_a_directory_like_train_and_the_old_file_form_warns(tmp_path, capsys):
+def test_prune_cli_writes_into_the_out_directory_and_warns_for_the_old_file_form(
+    tmp_path, tiny_npz
+):
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+    from edgekit.models import build_model, save_checkpoint
+
+    ck = save_checkpoint(tmp_path / "m.pt", build_model("resnet8", 10), "resnet8", 10)
+    base = ["prune", "--weights", str(ck), "-d", f"npz:{tiny_npz}", "--ratio", "0.25"]
+    r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "p25")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "p25" / "model.pt").is_file() and "now names" not in r.output
+    r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "old.pt")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "old.pt").is_file()
+    assert "prune -o now names a directory" in r.output
+
+
+def test_prune_output_path(tmp_path):
     from edgekit.cli import _prune_output
 
     assert _prune_output(tmp_path / "p50") == tmp_path / "p50" / "model.pt"
     assert not (tmp_path / "p50").exists()  # nothing written before the work
     assert _prune_output(tmp_path / "old.pt") == tmp_path / "old.pt"
-    assert "prune -o now names a directory" in capsys.readouterr().err
     (tmp_path / "f").write_text("")
     with pytest.raises(EdgekitError, match="is a file"):
         _prune_output(tmp_path / "f")
