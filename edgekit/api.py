@@ -662,6 +662,10 @@ def run(
     if names and "pytorch-fp32" not in names:
         names.insert(0, "pytorch-fp32")
     check_target_names(names, target_files)  # a typo: exit 2 before any work (issue 15)
+    if prune_ratio is not None and not 0 <= prune_ratio < 1:  # NaN too
+        raise EdgekitError(
+            f"--prune-ratio must be in [0, 1), got {prune_ratio}", "e.g. --prune-ratio 0.5"
+        )
     spec = _model_spec(
         model, dataset, data_dir, weights, num_classes, normalization, epochs, seed, device
     )

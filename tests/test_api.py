@@ -138,6 +138,12 @@ def test_run_with_a_misspelt_target_exits_2_fast_and_writes_nothing(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_run_refuses_a_bad_prune_ratio_before_any_work(tmp_path):
+    with pytest.raises(EdgekitError, match="--prune-ratio must be in"):
+        edgekit.run("resnet8", work_dir=tmp_path / "w", prune_ratio=1.5)
+    assert not (tmp_path / "w").exists()
+
+
 def test_bench_takes_comma_lists_and_says_unknown_target(tmp_path, tiny_workspace):
     r = _cli("bench", "-w", tiny_workspace.root, "-t", "ort-cpu,ort-cpu-in8")
     assert r.returncode == 2
