@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 import typer.core
 
+from edgekit.api import MAX_BATCH, MAX_MIN_DURATION_S, MAX_MIN_QUERIES  # noqa: F401
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(
@@ -112,9 +113,6 @@ def _at_most(option: str, value, high) -> None:
     """Refuse ``value`` above ``high`` with one error line, before any heavy work."""
     if value is not None and value > high:
         raise EdgekitError(f"{option} must be at most {high}, got {value}")
-
-
-from edgekit.api import MAX_BATCH, MAX_MIN_DURATION_S, MAX_MIN_QUERIES  # noqa: E402,F401
 
 
 def _exit_status(rows: list[dict], unavailable_counts: bool = True) -> int:
