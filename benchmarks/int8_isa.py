@@ -50,15 +50,15 @@ SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 #: label -> options over the ort-cpu-int8 defaults of main before issue 18.
-BASE = {"reduce_range": False, "calibration_method": "MinMax", "calib_per_class": 32}
+BASE = {"reduce_range": False, "calibration_method": "minmax", "calib_per_class": 32}
 CONFIGS: dict[str, dict] = {
     "default": {},  # MinMax, asymmetric U8 activations, 8-bit S8 weights (pre-issue-18)
-    "percentile": {"calibration_method": "Percentile"},
-    "entropy": {"calibration_method": "Entropy"},
+    "percentile": {"calibration_method": "percentile"},
+    "entropy": {"calibration_method": "entropy"},
     "sym-act": {"activation_symmetric": True},
     "rr": {"reduce_range": True},
-    "rr-percentile": {"reduce_range": True, "calibration_method": "Percentile"},
-    "rr-entropy": {"reduce_range": True, "calibration_method": "Entropy"},
+    "rr-percentile": {"reduce_range": True, "calibration_method": "percentile"},
+    "rr-entropy": {"reduce_range": True, "calibration_method": "entropy"},
     "rr-sym-act": {"reduce_range": True, "activation_symmetric": True},
     "rr-calib-16": {"reduce_range": True, "calib_per_class": 16},
     "rr-calib-64": {"reduce_range": True, "calib_per_class": 64},

@@ -33,8 +33,8 @@ CONFIGS: dict[str, dict] = {
     "qoperator": {"quant_format": "QOperator"},
     "s8s8": {"activation_type": "QInt8"},
     "per-tensor": {"per_channel": False},
-    "entropy": {"calibration_method": "Entropy"},
-    "percentile": {"calibration_method": "Percentile"},
+    "entropy": {"calibration_method": "entropy"},
+    "percentile": {"calibration_method": "percentile"},
     "calib-8": {"calib_per_class": 8},
     "calib-100": {"calib_per_class": 100},
 }

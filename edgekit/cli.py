@@ -1,4 +1,4 @@
-"""The ``edgekit`` command line: a thin Typer layer over :mod:`edgekit.pipeline`.
+"""The ``edgekit`` command line: a thin Typer layer over :mod:`edgekit.api`.
 
 Nothing heavy is imported at module level, so ``edgekit --help`` stays fast and
 works without torch. A user mistake (:class:`EdgekitError`) prints one line,
@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
+from edgekit.api import MAX_BATCH, MAX_MIN_DURATION_S, MAX_MIN_QUERIES  # noqa: F401
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(
@@ -27,15 +29,60 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+class _PlainUsage(typer.core.TyperCommand):
+    """A command whose usage line names its arguments plainly (``REFERENCE CANDIDATE``),
+    without Typer's ``{...}`` around required ones."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [
+            p[1:-1] if p[:1] == "{" and p[-1:] == "}" else p
+            for p in super().collect_usage_pieces(ctx)
+        ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from edgekit._meta import DIST_NAME, __version__
+
+        typer.echo(f"edgekit {__version__} ({DIST_NAME})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """From a PyTorch classifier to measured edge artifacts: export, build per target,
+    benchmark accuracy, latency and size."""
+
+
 WorkDir = Annotated[Path, typer.Option("--work-dir", "-w", help="Work directory.")]
-Force = Annotated[bool, typer.Option("--force", help="Overwrite existing artifacts.")]
+Force = Annotated[
+    bool, typer.Option("--force", help="Replace the work directory's model, ONNX and artifacts.")
+]
+BuildForce = Annotated[bool, typer.Option("--force", help="Replace existing artifacts.")]
+TargetsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        "-t",
+        help="Target name (see edgekit targets); repeat it or give a comma list: -t a,b.",
+    ),
+]
 Threads = Annotated[
     int | None,
     typer.Option("--threads", help="Intra-op threads of the backend (default: the backend's own)."),
 ]
 Quick = Annotated[bool, typer.Option("--quick", help="Short measurement rules (demo/tests).")]
 TargetFiles = Annotated[
-    list[Path] | None, typer.Option("--target-file", help="Extra target TOML file(s).")
+    list[Path] | None,
+    typer.Option("--target-file", help="Extra target TOML file(s) (repeatable)."),
 ]
 TrustModel = Annotated[
     str | None,
@@ -76,18 +123,6 @@ RunLabel = Annotated[
 ]
 
 
-def _measure_options(cfg, accuracy_images: int | None, rounds: int | None):
-    """Apply --accuracy-images and --rounds to a BenchConfig, checked first."""
-    _at_least("--accuracy-images", accuracy_images, 1)
-    _at_least("--rounds", rounds, 1)
-    _at_most("--rounds", rounds, 1000)
-    if accuracy_images is not None:
-        cfg.accuracy_images = accuracy_images
-    if rounds is not None:
-        cfg.rounds = rounds
-    return cfg
-
-
 def _trust(model: str | None) -> None:
     """Record the user's own ``--model`` as trusted (children of this process inherit it)."""
     if model:
@@ -106,12 +141,6 @@ def _at_most(option: str, value, high) -> None:
     """Refuse ``value`` above ``high`` with one error line, before any heavy work."""
     if value is not None and value > high:
         raise EdgekitError(f"{option} must be at most {high}, got {value}")
-
-
-#: Bounds of the benchmark rules: a larger value would run for days or exhaust memory.
-MAX_MIN_QUERIES = 10_000_000
-MAX_MIN_DURATION_S = 3600.0
-MAX_BATCH = 65536
 
 
 def _exit_status(rows: list[dict], unavailable_counts: bool = True) -> int:
@@ -185,36 +214,9 @@ def _spec(
 def _bench_config(
     quick: bool, min_queries: int | None, min_duration: float | None, batch_sizes: str | None
 ):
-    from edgekit.harness import BenchConfig
+    from edgekit.api import bench_config
 
-    _at_least("--min-queries", min_queries, 1)
-    _at_most("--min-queries", min_queries, MAX_MIN_QUERIES)
-    if min_duration is not None and not 0 <= min_duration <= MAX_MIN_DURATION_S:  # NaN too
-        raise EdgekitError(
-            f"--min-duration must be a number of seconds in [0, {MAX_MIN_DURATION_S}], "
-            f"got {min_duration}",
-            "e.g. --min-duration 10 (inf or nan would never end, or never measure)",
-        )
-    cfg = BenchConfig.quick() if quick else BenchConfig()
-    if min_queries is not None:
-        cfg.min_queries = min_queries
-    if min_duration is not None:
-        cfg.min_duration_s = min_duration
-    if batch_sizes:
-        try:
-            cfg.batch_sizes = tuple(int(b) for b in batch_sizes.split(","))
-        except ValueError:
-            raise EdgekitError(
-                f"--batch-sizes must be integers like 1,8,32, got {batch_sizes!r}"
-            ) from None
-        if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
-            raise EdgekitError(f"--batch-sizes must be at least 1, got {batch_sizes!r}")
-        if max(cfg.batch_sizes) > MAX_BATCH:
-            raise EdgekitError(
-                f"--batch-sizes {max(cfg.batch_sizes)} is above the limit of {MAX_BATCH}",
-                "measure throughput at smaller batches, e.g. 1,8,32,128",
-            )
-    return cfg
+    return bench_config(quick, min_queries, min_duration, batch_sizes)
 
 
 DatasetOpt = Annotated[
@@ -233,7 +235,9 @@ ModelOpt = Annotated[
 WeightsOpt = Annotated[
     Path | None,
     typer.Option(
-        "--weights", help="Checkpoint (loaded with weights_only=True); trains briefly if absent."
+        "--weights",
+        help="Checkpoint (loaded with weights_only=True). Without it the model is trained "
+        "from scratch for --epochs (default 10).",
     ),
 ]
 NumClassesOpt = Annotated[int | None, typer.Option("--num-classes", help="Default: the dataset's.")]
@@ -244,7 +248,7 @@ NormOpt = Annotated[
     ),
 ]
 EpochsOpt = Annotated[
-    int | None, typer.Option("--epochs", help="Training epochs without --weights.")
+    int | None, typer.Option("--epochs", help="Training epochs without --weights (default 10).")
 ]
 ExporterOpt = Annotated[str, typer.Option("--exporter", help="dynamo | torchscript")]
 SimplifyOpt = Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxslim.")]
@@ -277,40 +281,35 @@ def export(
     device: DeviceOpt = None,
 ):
     """Export a model to ONNX (WORK/model.onnx), checked against PyTorch on real images."""
-    from edgekit.pipeline import prepare
+    from edgekit import api
 
-    spec = _spec(
-        dataset,
-        data_dir,
+    res = api.export(
         model,
-        weights,
-        num_classes,
-        norm,
-        epochs,
-        exporter,
-        simplify,
-        opset,
-        seed,
-        device,
-    )
-    ws = prepare(
-        spec,
-        work_dir,
+        dataset,
+        work_dir=work_dir,
+        data_dir=data_dir,
+        weights=weights,
+        num_classes=num_classes,
+        normalization=norm,
+        epochs=epochs,
+        exporter=exporter,
+        simplify=simplify,
+        opset=opset,
+        seed=seed,
+        device=device,
         force=force,
         log=_log,
         show_progress=True,
     )
-    typer.echo(f"{ws.onnx}")
+    typer.echo(f"{Path(work_dir) / res.onnx.name}")
 
 
 @app.command()
 def build(
-    target: Annotated[
-        str, typer.Option("--target", "-t", help="Target name (see edgekit targets).")
-    ],
+    target: TargetsOpt = None,
     work_dir: WorkDir = Path("edgekit-work"),
     target_file: TargetFiles = None,
-    force: Force = False,
+    force: BuildForce = False,
     onnx_only: Annotated[
         bool,
         typer.Option(
@@ -321,31 +320,45 @@ def build(
     ] = False,
     model: TrustModel = None,
 ):
-    """Build one target from the work directory into WORK/artifacts/TARGET."""
-    from edgekit.pipeline import Workspace
-    from edgekit.pipeline import build as do_build
+    """Build targets from the work directory into WORK/artifacts/TARGET.
+
+    One target: an error exits 2 (bad input or unavailable here). Several: each
+    is built, one that fails is reported, and the exit status is 1."""
+    from edgekit import api
 
     _trust(model)
-
-    if onnx_only:
-        rec = do_build(Workspace(work_dir), target, target_file, force=force, onnx_only=True)
-        typer.echo(rec["path"])
-        return
-    m = do_build(Workspace(work_dir), target, target_file, force=force)
-    typer.echo(f"{Path(work_dir) / 'artifacts' / m['target']}  ({m['size_bytes'] / 1e6:.3f} MB)")
+    names = api.target_names(target)
+    if not names:
+        raise EdgekitError("no target named", "pass --target NAME (see edgekit targets)")
+    res = api.build(
+        work_dir,
+        names,
+        target_files=target_file,
+        force=force,
+        onnx_only=onnx_only,
+        errors="raise" if len(names) == 1 else "row",
+        log=_log if len(names) > 1 else (lambda _msg: None),
+    )
+    for a in res.artifacts:
+        if a.status != "ok":
+            continue
+        if onnx_only:
+            typer.echo(a.path)
+        else:
+            typer.echo(f"{Path(work_dir) / 'artifacts' / a.target}  ({a.size_mb:.3f} MB)")
+    if _exit_status(res.to_records()):
+        raise typer.Exit(1)
 
 
 @app.command()
 def bench(
-    target: Annotated[
-        list[str] | None,
-        typer.Option("--target", "-t", help="Target(s) built in the work directory."),
-    ] = None,
+    target: TargetsOpt = None,
     artifact: Annotated[
         list[Path] | None,
         typer.Option("--artifact", "-a", help="Artifact directory (with manifest.json)."),
     ] = None,
     work_dir: WorkDir = Path("edgekit-work"),
+    target_file: TargetFiles = None,
     dataset: Annotated[
         str | None,
         typer.Option("--dataset", "-d", help="Test data (default: the work directory's)."),
@@ -395,108 +408,38 @@ def bench(
     is marked noisy when its spread says the machine was busy. Exit status: 0 when
     every row is ok; 1 when one failed or is unavailable; 2 for bad input."""
     _trust(model)
-    from edgekit.backends import get_backend
+    from edgekit import api
     from edgekit.fileio import check_writable
-    from edgekit.harness import (
-        add_ratios,
-        bench_many,
-        check_batch_sizes,
-        check_threads,
-        environment,
-        machine_load,
-        manifest_batch_range,
-        result_row,
-        row_summary,
-    )
-    from edgekit.manifest import read_manifest
-    from edgekit.pipeline import Workspace, load_workspace_dataset
-    from edgekit.report import print_table, write_report
+    from edgekit.report import print_table
 
-    for w in check_threads(threads):
-        _log(f"warning: {w}")
     if output is not None:  # before minutes of measuring, not after
         check_writable(output, force)
         if output.is_dir():
             raise EdgekitError(f"--output {output} is a directory", "give a file name")
     cfg = _bench_config(quick, min_queries, min_duration, batch_sizes)
-    _measure_options(cfg, accuracy_images, rounds)
-    cfg.accuracy = not no_accuracy
-    cfg.strict_batch = bool(batch_sizes)
-    dirs: list[Path] = list(artifact or [])
-    named: dict[Path, str] = {}  # WORK/artifacts/NAME -> NAME, checked against its manifest
-    ws = Workspace(work_dir)
-    if target:
-        names = list(target)
-        if baseline and "pytorch-fp32" not in names and ws.artifact_dir("pytorch-fp32").is_dir():
-            names.insert(0, "pytorch-fp32")
-        for t in names:
-            d = ws.artifact_dir(t)
-            if not d.is_dir():
-                raise EdgekitError(
-                    f"target {t} is not built in {work_dir}",
-                    f"run: edgekit build --target {t} --work-dir {work_dir}",
-                )
-            dirs.append(d)
-            named[d] = t
-    if not dirs:
-        raise EdgekitError("nothing to benchmark", "pass --target NAME or --artifact DIR")
-    classes = None
-    unavailable = {}
-    manifests = []
-    for d in dirs:  # user mistakes first, before minutes of measuring
-        m = read_manifest(d, verify=True)  # a tampered artifact is refused up front
-        if d in named and m["target"] != named[d]:
-            raise EdgekitError(
-                f"{d}/manifest.json names target {m['target']!r}, not {named[d]!r}; its row "
-                "would be labelled wrongly",
-                f"rebuild it: edgekit build --target {named[d]} --force --work-dir {work_dir}",
-            )
-        manifests.append(m)
-        classes = classes or m.get("classes")
-        if cfg.strict_batch:
-            check_batch_sizes(m["target"], manifest_batch_range(m), cfg.batch_sizes)
-        reason = get_backend(m["backend"]).runtime_unavailable_reason(m)
-        if reason:  # an asked row that cannot run here: a row and exit status 1, not 2
-            unavailable[d] = result_row(m, status="unavailable", reason=reason)
-    if dataset:
-        from edgekit.data import load_dataset
-
-        test = load_dataset(dataset, data_dir).test
-    elif target:
-        test = load_workspace_dataset(ws.record()).test
-    else:
-        test = None
-        if cfg.accuracy:
-            _log("no --dataset given: accuracy is skipped, latency uses random images")
-    if test is not None:
-        from edgekit.harness import check_test_split
-
-        for m in manifests:
-            check_test_split(m, test, dataset or str(work_dir))
-    for row in unavailable.values():
-        _log(row_summary(row))
-    load = {"start": machine_load()}
-    measured = iter(
-        bench_many([d for d in dirs if d not in unavailable], test, cfg, threads, isolate, _log)
+    names = api.target_names(target)
+    res = api.benchmark(
+        work_dir,
+        names,
+        artifacts=artifact,
+        target_files=target_file,
+        dataset=dataset,
+        data_dir=data_dir,
+        threads=threads,
+        accuracy=not no_accuracy,
+        baseline=baseline,
+        isolate=isolate,
+        config=cfg,
+        accuracy_images=accuracy_images,
+        rounds=rounds,
+        label=label,
+        log=_log,
     )
-    load["end"] = machine_load()
-    rows = [unavailable[d] if d in unavailable else next(measured) for d in dirs]
-    add_ratios(rows)
+    rows = res.rows
     print_table(rows, wide=wide, show_all=show_all)
-    out = output or (ws.root / "bench.json" if target else None)
+    out = output or (Path(work_dir) / "bench.json" if names else None)
     if out:  # the table is printed already: a write that fails loses no measurement
-        scored = test.y[: cfg.accuracy_images] if test is not None else None  # None: all
-        meta = {"labels": scored.tolist(), "classes": classes} if test is not None else {}
-        if label:
-            meta["run"] = label
-        write_report(
-            out,
-            rows,
-            environment(threads, load),
-            cfg.to_dict(),
-            meta=meta,
-            force=force or not output,
-        )
+        res.save(out, force=force or not output)
         _log(f"wrote {out}")
     if _exit_status(rows):
         raise typer.Exit(1)
@@ -513,7 +456,14 @@ def run(
     norm: NormOpt = None,
     epochs: EpochsOpt = None,
     targets: Annotated[
-        str | None, typer.Option("--targets", help="Comma-separated targets (default: all).")
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            "--targets",
+            help="Target name(s), repeatable or comma-separated (default: all). "
+            "--targets is the old spelling.",
+        ),
     ] = None,
     target_file: TargetFiles = None,
     threads: Threads = None,
@@ -548,54 +498,51 @@ def run(
     Exit status: 0 when every asked target is ok; 1 when one failed or (with
     --targets) is unavailable here; 2 for bad input. Without --targets, targets
     unavailable on this machine (e.g. TensorRT) are rows, not failures."""
-    from edgekit.harness import BenchConfig, check_threads
-    from edgekit.pipeline import run as do_run
+    from edgekit import api
     from edgekit.report import print_table
 
-    for w in check_threads(threads):
-        _log(f"warning: {w}")
-    spec = _spec(
-        dataset,
-        data_dir,
-        model,
-        weights,
-        num_classes,
-        norm,
-        epochs,
-        exporter,
-        simplify,
-        opset,
-        seed,
-        device,
-    )
-    names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
-    if names and "pytorch-fp32" not in names:
-        names.insert(0, "pytorch-fp32")
-    spec.prune_ratio = prune_ratio
+    _check_spec_numbers(epochs, seed, num_classes, opset)
+    names = api.target_names(targets)
     if finetune_epochs is not None or finetune_minutes is not None:
         from edgekit.prune import finetune_config
 
         finetune_config(None, finetune_epochs, finetune_minutes)  # fail before any work
+    prune_options = {}
     if finetune_epochs is not None:
-        spec.prune_options["finetune_epochs"] = finetune_epochs
+        prune_options["finetune_epochs"] = finetune_epochs
     if finetune_minutes:
-        spec.prune_options["finetune_minutes"] = finetune_minutes
-    cfg = _measure_options(BenchConfig.quick() if quick else BenchConfig(), accuracy_images, rounds)
-    rows = do_run(
-        spec,
-        work_dir,
+        prune_options["finetune_minutes"] = finetune_minutes
+    res = api.run(
+        model,
+        dataset,
+        work_dir=work_dir,
         targets=names,
         target_files=target_file,
-        cfg=cfg,
+        data_dir=data_dir,
+        weights=weights,
+        num_classes=num_classes,
+        normalization=norm,
+        epochs=epochs,
+        exporter=exporter,
+        simplify=simplify,
+        opset=opset,
+        seed=seed,
+        device=device,
         threads=threads,
+        quick=quick,
+        accuracy_images=accuracy_images,
+        rounds=rounds,
+        label=label,
+        prune_ratio=prune_ratio,
+        prune_options=prune_options,
         force=force,
         log=_log,
         show_progress=True,
-        label=label,
     )
+    rows = res.rows
     print_table(
         rows,
-        title=f"edgekit run: {spec.model or 'default model'} on {dataset}",
+        title=f"edgekit run: {model or 'default model'} on {dataset}",
         wide=wide,
         show_all=show_all,
     )
@@ -720,9 +667,23 @@ def train_cmd(
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = "resnet20",
-    weights: WeightsOpt = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            help="Start from this checkpoint (loaded with weights_only=True) instead of a "
+            "random initialisation.",
+        ),
+    ] = None,
     recipe: RecipeOpt = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Default: the recipe's.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            help="Total epochs (default: the recipe's). With --resume too: --epochs 40 after "
+            "30 trains 10 more, and the cosine lr continues downward from where it stood.",
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
     momentum: Annotated[float | None, typer.Option("--momentum")] = None,
@@ -744,9 +705,17 @@ def train_cmd(
     teacher: Annotated[
         Path | None, typer.Option("--teacher", help="Distil from this checkpoint.")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue from OUT/last.pt up to --epochs in total (not more)."
+        ),
+    ] = False,
     seed: SeedOpt = 0,
-    force: Force = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Start over when OUT already holds best.pt/last.pt."),
+    ] = False,
 ):
     """Train with a CIFAR recipe; keeps OUT/best.pt (by validation top-1), OUT/last.pt
     and OUT/curves.png. Multi-GPU: torchrun --nproc_per_node=N -m edgekit train ..."""
@@ -827,7 +796,15 @@ def _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, igno
 @app.command("prune")
 def prune_cmd(
     weights: Annotated[Path, typer.Option("--weights", help="Checkpoint to prune.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Pruned edgekit checkpoint.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output directory, as for train: OUT/model.pt is the pruned checkpoint. "
+            "A FILE.pt (the old form) still works, with a warning.",
+        ),
+    ],
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = None,
@@ -860,15 +837,18 @@ def prune_cmd(
     ] = False,
     kd_features: KdFeatures = 0.0,
     device: DeviceOpt = None,
-    force: Force = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing --out checkpoint file.")
+    ] = False,
 ):
     """Structured pruning (torch-pruning DepGraph): removes channels, reports params/MACs/size."""
     from edgekit.prune import prune_checkpoint
 
     cfg = _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, ignore, by)
+    target = _prune_output(out)
     prune_checkpoint(
         str(weights),
-        str(out),
+        str(target),
         dataset,
         cfg,
         model=model,
@@ -883,7 +863,23 @@ def prune_cmd(
         force=force,
         log=_log,
     )
-    _log(f"wrote {out}")
+    _log(f"wrote {target}")
+    if target == out:
+        _log(
+            f"warning: -o {out}: prune -o now names a directory, as train -o does "
+            "(it writes DIR/model.pt); the old form -o FILE.pt still works and writes that file"
+        )
+
+
+def _prune_output(out: Path) -> Path:
+    """The checkpoint ``prune -o OUT`` writes: ``OUT/model.pt`` (OUT a directory, as for
+    ``train -o``), or OUT itself for the old form ``-o FILE.pt``/``.pth`` (the command warns
+    after writing it, so that an error stays the only line)."""
+    if out.suffix in (".pt", ".pth") and not out.is_dir():
+        return out  # the old form: warned about once the file is written
+    if out.exists() and not out.is_dir():
+        raise EdgekitError(f"-o {out} is a file", "give a directory (OUT/model.pt is written)")
+    return out / "model.pt"
 
 
 @app.command("sweep")
@@ -895,7 +891,17 @@ def sweep_cmd(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     epochs: EpochsOpt = None,
-    targets: Annotated[str | None, typer.Option("--targets", help="Comma-separated.")] = None,
+    targets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            "--targets",
+            help="Target name(s), repeatable or comma-separated (default: all). "
+            "--targets is the old spelling.",
+        ),
+    ] = None,
+    target_file: TargetFiles = None,
     importance: Annotated[str, typer.Option("--importance")] = "l2",
     round_to: Annotated[int, typer.Option("--round-to")] = 8,
     by: Annotated[str, typer.Option("--by", help="channels or macs.")] = "channels",
@@ -914,9 +920,16 @@ def sweep_cmd(
     quick: Quick = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
-    force: Force = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Redo every ratio, replacing WORK/r*/ and the sweep report."),
+    ] = False,
 ):
-    """Prune at several ratios, fine-tune, lower to targets: WORK/sweep.{json,md,png}."""
+    """Prune at several ratios, fine-tune, lower to targets: WORK/sweep.{json,md,png}.
+
+    The report is rewritten after every ratio; running the same command again
+    resumes (finished ratios are skipped). A ratio that fails is a row, not an
+    abort. Exit status: 0 when every row is ok, 1 when one failed, 2 for bad input."""
     from edgekit.harness import BenchConfig, check_threads
     from edgekit.sweep import sweep
 
@@ -945,23 +958,42 @@ def sweep_cmd(
         **({"recipe": recipe} if recipe else {}),
         **({"lr": lr} if lr is not None else {}),
     }
-    names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+    from edgekit.api import check_target_names, target_names
+
+    names = target_names(targets)
+    check_target_names(names, target_file)  # a typo fails before any training
     cfg = BenchConfig.quick() if quick else BenchConfig()
-    sweep(spec, work_dir, rs, targets=names, cfg=cfg, threads=threads, force=force, log=_log)
+    rows = sweep(
+        spec,
+        work_dir,
+        rs,
+        targets=names,
+        target_files=target_file,
+        cfg=cfg,
+        threads=threads,
+        force=force,
+        log=_log,
+    )
     print((Path(work_dir) / "sweep.md").read_text())
     _log(f"wrote {Path(work_dir) / 'sweep.png'}")
+    if _exit_status(rows, unavailable_counts=bool(names)):
+        raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_PlainUsage)
 def compare(
     a: Annotated[
         Path,
         typer.Argument(
+            metavar="REFERENCE",
             help="First artifact directory (the reference), or an ONNX file / --onnx-only "
-            "output directory without a manifest."
+            "output directory without a manifest.",
         ),
     ],
-    b: Annotated[Path, typer.Argument(help="Second artifact directory (or ONNX, as A).")],
+    b: Annotated[
+        Path,
+        typer.Argument(metavar="CANDIDATE", help="Second artifact directory (or ONNX, as A)."),
+    ],
     dataset: Annotated[
         str | None, typer.Option("--dataset", "-d", help="Test data (default: from the work dir).")
     ] = None,
@@ -998,22 +1030,29 @@ def compare(
     difference|, cosine similarity (after Polygraphy's comparator).
 
     Exit status: 0 when within the tolerances; 1 when beyond them; 2 for bad input."""
-    from edgekit.compare import Tolerances, compare_artifacts, format_comparison
-    from edgekit.harness import check_threads
+    from edgekit import api
+    from edgekit.compare import format_comparison
 
-    check_threads(threads)
-    _at_least("--images", images, 1)
-    tol = Tolerances(atol, rtol, check_error_stat, min_agreement, min_cosine)
-    tol.check()
-    res = compare_artifacts(
-        a, b, dataset, data_dir, work_dir, images=images, threads=threads, tolerances=tol
-    )
+    res = api.compare(
+        a,
+        b,
+        dataset=dataset,
+        data_dir=data_dir,
+        work_dir=work_dir,
+        images=images,
+        threads=threads,
+        atol=atol,
+        rtol=rtol,
+        check_error_stat=check_error_stat,
+        min_agreement=min_agreement,
+        min_cosine=min_cosine,
+    ).raw
     typer.echo(format_comparison(res))
     if res["failures"]:
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_PlainUsage)
 def report(
     results: Annotated[
         list[Path], typer.Argument(help="Result JSON file(s) of edgekit bench/run, merged.")
@@ -1024,7 +1063,9 @@ def report(
     confusion: Annotated[
         bool, typer.Option("--confusion", help="Also a confusion-matrix PNG per target.")
     ] = False,
-    force: Force = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite report files in --output-dir.")
+    ] = False,
     show_all: ShowAll = False,
     wide: Wide = False,
 ):

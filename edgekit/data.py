@@ -142,6 +142,19 @@ def load_dataset(
     raise EdgekitError(f"unknown dataset {spec!r}", f"use one of: {', '.join(DATASET_NAMES)}")
 
 
+def absolute_dataset(spec: str) -> str:
+    """``spec`` with the paths of ``npz:``/``imagefolder:`` made absolute (others unchanged).
+
+    A work directory records its dataset this way, so that ``bench -w DIR`` works
+    from any directory, not only the one ``export`` ran in.
+    """
+    for prefix in ("npz:", "imagefolder:"):
+        if spec.startswith(prefix) and spec[len(prefix) :]:
+            parts = spec[len(prefix) :].split(",") if prefix == "npz:" else [spec[len(prefix) :]]
+            return prefix + ",".join(str(Path(a).expanduser().absolute()) for a in parts)
+    return spec
+
+
 # --- the class-balanced sampler -------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from edgekit import DIST_NAME
+from edgekit._meta import DIST_NAME
 
 #: Version of the JSON layout written by ``edgekit doctor --json``.
 SCHEMA_VERSION = 1

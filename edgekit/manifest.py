@@ -17,7 +17,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from edgekit import DIST_NAME
+from edgekit._meta import DIST_NAME
 from edgekit.errors import EdgekitError
 from edgekit.fileio import sha256_file, write_json
 
@@ -224,8 +224,8 @@ def check_manifest(m: dict, mpath: Path) -> None:
             f"({', '.join(m['files'])}), so it could not be verified",
             rebuild,
         )
-    get_backend(m["backend"], where=where).resolve_options(
-        m["precision"], m.get("options", {}), where=where
+    get_backend(m["backend"], where=where).resolve_options(  # old spellings: no warning
+        m["precision"], m.get("options", {}), where=where, warn=False
     )
     shape, pre = m["io"]["input_shape"], m["preprocess"]
     for i, (want, what) in enumerate(

@@ -190,6 +190,10 @@ class ModelSpec:
         default_factory=dict
     )  # PruneConfig fields, finetune_epochs, finetune_minutes, recipe, lr, distill, kd_features
     device: str | None = None  # training/fine-tuning device: auto|cpu|cuda|cuda:N (None = auto)
+    #: an in-memory ``torch.nn.Module`` (the Python API): exported as it is, never trained;
+    #: the work directory then has no ``model.pt`` (no factory can rebuild it in another
+    #: process), so the PyTorch-side targets (pytorch-fp32, torchscript-int8) are unavailable
+    module: object = None
 
 
 def load_workspace_dataset(rec: dict, dataset: str | None = None, data_dir: str | None = None):
@@ -198,12 +202,23 @@ def load_workspace_dataset(rec: dict, dataset: str | None = None, data_dir: str 
     A dataset named by the record is never downloaded: it was loaded when the work
     directory was made, and a path read from a file must not choose where edgekit
     writes (an edited ``data_dir`` would otherwise receive a download).
+
+    Raises:
+        EdgekitError: the data cannot be loaded; when it came from the record, the
+            message says so and that ``--dataset``/``--data-dir`` override it.
     """
     from edgekit.data import load_dataset
 
-    return load_dataset(
-        dataset or rec["dataset"], data_dir or rec.get("data_dir"), download=bool(dataset)
-    )
+    if dataset:
+        return load_dataset(dataset, data_dir, download=True)
+    try:
+        return load_dataset(rec["dataset"], data_dir or rec.get("data_dir"), download=False)
+    except EdgekitError as e:
+        raise EdgekitError(
+            f"{e.message} (the dataset {rec['dataset']!r} recorded in the work directory's "
+            f"{RECORD} when it was made)",
+            "pass --dataset (and --data-dir) to say where the data is now",
+        ) from None
 
 
 def prepare(
@@ -219,6 +234,8 @@ def prepare(
     ws = Workspace(Path(work))
     if ws.root.exists() and not ws.root.is_dir():
         raise EdgekitError(f"{ws.root} exists and is not a directory")
+    if spec.module is not None:
+        _check_module(spec)  # before the work directory is created
     with ws.lock():
         return _prepare(spec, ws, force, log, show_progress)
 
@@ -255,16 +272,19 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
         raise EdgekitError(
             f"labels go up to {ds.test.y.max()} but the model has {num_classes} classes"
         )
-    model_arg = spec.model or (None if spec.weights else DEFAULT_MODEL)
-    model, meta = load_model(
-        model_arg,
-        spec.weights,
-        None if spec.weights and not spec.num_classes and not spec.model else num_classes,
-    )
-    model_name = meta.get("model", model_arg)
+    if spec.module is not None:
+        model, meta, model_name = _in_memory(spec), {}, in_memory_name(spec.module)
+    else:
+        model_arg = spec.model or (None if spec.weights else DEFAULT_MODEL)
+        model, meta = load_model(
+            model_arg,
+            spec.weights,
+            None if spec.weights and not spec.num_classes and not spec.model else num_classes,
+        )
+        model_name = meta.get("model", model_arg)
     pre = resolve_preprocess(ds, model_normalization(model_name), spec.normalization, meta)
     history = meta.get("history")
-    if spec.weights is None:
+    if spec.weights is None and spec.module is None:
         from edgekit.train import TrainConfig, _rich_bar, fit
 
         epochs = spec.epochs if spec.epochs is not None else DEFAULT_EPOCHS
@@ -323,7 +343,9 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
             device=dev,
         )
         prune_record = {**res.to_dict(), "finetune_history": ft_hist}
-    trained = spec.weights is None or bool(prune_record and prune_record["finetune_history"])
+    trained = (spec.weights is None and spec.module is None) or bool(
+        prune_record and prune_record["finetune_history"]
+    )
     train_device = device_name(dev) if trained else None
     # --weights WORK/model.pt --force: the user's input is about to be rewritten; keep its
     # bytes so that a failed export puts it back instead of deleting it with the rest
@@ -357,6 +379,46 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
     return ws
 
 
+def in_memory_name(module) -> str:
+    """The model name a work directory records for an in-memory module (no factory)."""
+    return f"in-memory {type(module).__name__}"
+
+
+def _check_module(spec: ModelSpec) -> None:
+    """Refuse an in-memory ``spec.module`` that cannot be exported as asked.
+
+    Raises:
+        EdgekitError: not a ``torch.nn.Module``, or combined with options that need a
+            named model (``weights``, ``model``, ``prune_ratio``).
+    """
+
+    import torch
+
+    if not isinstance(spec.module, torch.nn.Module):
+        raise EdgekitError(
+            f"model must be a torch.nn.Module or a model name, got {type(spec.module).__name__}"
+        )
+    for name, value in (("weights", spec.weights), ("model", spec.model)):
+        if value is not None:
+            raise EdgekitError(
+                f"an in-memory module takes no {name}= (it already has its weights)",
+                "load the weights into the module first, or pass a model name instead",
+            )
+    if spec.prune_ratio:
+        raise EdgekitError(
+            "pruning needs a named model (its pruned structure is rebuilt from the name)",
+            "pass a zoo name or package.module:factory with weights=",
+        )
+
+
+def _in_memory(spec: ModelSpec):
+    """A CPU, eval-mode copy of ``spec.module`` (the caller's module is left untouched)."""
+    import copy
+
+    _check_module(spec)
+    return copy.deepcopy(spec.module).cpu().eval()
+
+
 def check_only_artifacts(ws: Workspace) -> None:
     """Refuse ``--force`` when ``WORK/artifacts`` holds something edgekit did not build.
 
@@ -385,22 +447,26 @@ def check_only_artifacts(ws: Workspace) -> None:
 def _write_workspace(
     ws, spec, ds, model, model_name, num_classes, pre, history, prune_record, t0, log, train_device
 ):
+    from edgekit.data import absolute_dataset
     from edgekit.export import export_onnx
     from edgekit.models import save_checkpoint
 
     ws.record_path.unlink(missing_ok=True)
-    save_checkpoint(
-        ws.checkpoint,
-        model,
-        model_name,
-        num_classes,
-        force=True,
-        classes=list(ds.classes),
-        preprocess=pre.to_dict(),
-        history=history or [],
-        dataset=ds.name,
-        device=train_device,
-    )
+    if spec.module is not None:  # no factory rebuilds it elsewhere: no checkpoint
+        ws.checkpoint.unlink(missing_ok=True)
+    else:
+        save_checkpoint(
+            ws.checkpoint,
+            model,
+            model_name,
+            num_classes,
+            force=True,
+            classes=list(ds.classes),
+            preprocess=pre.to_dict(),
+            history=history or [],
+            dataset=ds.name,
+            device=train_device,
+        )
     x = pre.apply(ds.test.x[:64])
     check = export_onnx(
         model,
@@ -419,13 +485,14 @@ def _write_workspace(
     write_json(
         ws.record_path,
         {
-            "dataset": ds.name,
-            "data_dir": spec.data_dir,
+            # absolute, so that the work directory is usable from any directory (issue 15)
+            "dataset": absolute_dataset(ds.name),
+            "data_dir": _absolute(spec.data_dir),
             "model": model_name,
             "num_classes": num_classes,
             "classes": list(ds.classes),
             "preprocess": pre.to_dict(),
-            "weights": spec.weights,
+            "weights": _absolute(spec.weights),
             "export_check": check.to_dict(),
             "seed": spec.seed,
             "pruning": prune_record,
@@ -436,6 +503,10 @@ def _write_workspace(
     return ws
 
 
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
 def build_context(ws: Workspace, dataset=None, seed: int | None = None):
     from edgekit.backends.base import BuildContext
     from edgekit.preprocess import Preprocess
@@ -444,7 +515,10 @@ def build_context(ws: Workspace, dataset=None, seed: int | None = None):
     ds = dataset or load_workspace_dataset(rec)
     return BuildContext(
         onnx_path=ws.onnx,
-        checkpoint_path=ws.checkpoint,
+        # an in-memory module has no checkpoint; a named model's missing one is an error
+        checkpoint_path=None
+        if str(rec.get("model") or "").startswith("in-memory ") and not ws.checkpoint.is_file()
+        else ws.checkpoint,
         preprocess=Preprocess.from_dict(rec["preprocess"]),
         classes=rec["classes"],
         calib_split=ds.train,

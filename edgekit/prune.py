@@ -22,6 +22,7 @@ removes at least that fraction of MACs.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -252,6 +253,9 @@ class PruneResult:
     config: dict
     channel_ratio: float
     steps: list[dict]
+    #: the fraction of the prunable layers' output channels actually removed: rounding
+    #: kept channels down to multiples of ``round_to`` makes it differ from the ratio asked
+    effective_channel_ratio: float | None = None
 
     @property
     def macs_reduction(self) -> float:
@@ -358,9 +362,19 @@ def search_channel_ratio(
     # grid first, then bisect between the last grid point short of the target and the first
     # one that reaches it.
     top = min(0.95, cfg.max_layer_ratio) if cfg.global_pruning else 0.95
+    # fail fast: one pass at the largest ratio tells whether the target is reachable at all
+    # (with round_to the cut comes in steps); only then scan and bisect
+    most = reduction(_largest_uniform_ratio(model, cfg, top))
+    if most == most and most < target:
+        raise EdgekitError(
+            f"--by macs --ratio {target:g} cannot be reached: at most {most:.1%} of this "
+            f"model's MACs can be removed with round_to={cfg.round_to} (reachable: 0 to "
+            f"{most:.3f})",
+            f"use --ratio {math.floor(most * 100) / 100:g} or less, or --round-to 1",
+        )
     grid = [top * i / 16 for i in range(1, 17)]
     lo, hi = 0.0, None
-    best_seen = 0.0
+    best_seen = 0.0 if most != most else most
     for r in grid:
         red = reduction(r)
         if red == red:
@@ -382,6 +396,16 @@ def search_channel_ratio(
         else:
             lo = mid
     return hi
+
+
+def _largest_uniform_ratio(model: nn.Module, cfg: PruneConfig, top: float) -> float:
+    """The largest uniform channel ratio (at most ``top``) that leaves every prunable layer
+    at least ``round_to`` channels (:func:`_kept`); ``top`` itself for global pruning."""
+    if cfg.global_pruning:
+        return top
+    k = cfg.round_to or 1
+    widths = [_channels(model, [n]) for n in prunable_layers(model, cfg) if n not in cfg.per_layer]
+    return min([top, *(1.0 - k / c for c in widths if c >= k)])
 
 
 def prune_model(
@@ -412,9 +436,30 @@ def prune_model(
     if cfg.by == "macs" and cfg.ratio > 0:
         ratio = search_channel_ratio(model, example, cfg, cfg.ratio, taylor_batch)
         log(f"channel ratio {ratio:.3f} removes >= {cfg.ratio:.0%} of MACs")
+    names = prunable_layers(model, cfg)
+    channels_before = _channels(model, names)
     steps = _one_pass(model, example, cfg, ratio, taylor_batch, finetune, log)
     after = model_stats(model, example)
-    return PruneResult(before, after, cfg.to_dict(), ratio, steps)
+    effective = 1.0 - _channels(model, names) / channels_before if channels_before else None
+    res = PruneResult(before, after, cfg.to_dict(), ratio, steps, effective)
+    if cfg.by == "channels" and effective is not None and abs(effective - ratio) > 0.005:
+        log(
+            f"effective: {effective:.1%} of the prunable channels removed (asked {ratio:.1%}; "
+            f"kept channels are rounded down to multiples of round_to={cfg.round_to}), "
+            f"MACs cut by {res.macs_reduction:.1%}"
+        )
+    elif cfg.by == "macs":
+        log(f"effective: MACs cut by {res.macs_reduction:.1%} (asked at least {cfg.ratio:.1%})")
+    return res
+
+
+def _channels(model: nn.Module, names: list[str]) -> int:
+    """Output channels (features) of the layers ``names``, summed."""
+    total = 0
+    for n in names:
+        m = model.get_submodule(n)
+        total += m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+    return total
 
 
 def recalibrate_bn(

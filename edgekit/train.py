@@ -269,6 +269,39 @@ def _amp_dtype(device: torch.device, enabled: bool):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _continue_schedule(opt, sched, steps: int, warm: int, log) -> None:
+    """On ``--resume`` with a larger ``--epochs`` (a TOTAL), continue the cosine decay.
+
+    The resumed cosine over the new total would stand higher at the resume step than
+    the lr the run had reached, i.e. the lr would jump back up. Instead the lr goes on
+    from where it stood, ``f0``, down to 0 over the remaining steps:
+    ``f0 * 0.5 * (1 + cos(pi * (s - s0) / (steps - s0)))``. With the same ``--epochs``
+    the saved schedule is kept unchanged.
+    """
+    s0 = int(sched.last_epoch)
+    base = sched.base_lrs[0] if sched.base_lrs else 0.0
+    if not base or s0 < warm or s0 >= steps:
+        return
+    from edgekit.recipes import lr_factor
+
+    f0 = opt.param_groups[0]["lr"] / base
+    if lr_factor(s0, steps, warm) <= f0 * (1 + 1e-6) + 1e-12:
+        return
+    span = steps - s0
+
+    def cont(s: int) -> float:
+        return f0 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0, s - s0) / span)))
+
+    sched.lr_lambdas = [cont] * len(opt.param_groups)
+    msg = f"resume: the cosine schedule continues from lr x{f0:.3g} to 0 over the added epochs"
+    if f0 < 0.01:
+        msg += (
+            " (the run had finished its decay, so little will change; to train further, "
+            "start a new run from OUT/best.pt with --weights)"
+        )
+    log(msg)
+
+
 def fit(
     model: nn.Module,
     train_split,
@@ -393,6 +426,8 @@ def fit(
             sched.last_epoch = int(st["last_epoch"])
         history = list(resume.get("history", []))
         start = int(resume["epoch"])
+        if not cfg.time_budget_s:
+            _continue_schedule(opt, sched, steps, warm, log or print)
     amp_dtype = _amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     net = model

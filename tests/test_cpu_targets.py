@@ -162,7 +162,7 @@ def fp32_logits(ws, x):
     [
         ("ort-cpu-int8", {"calib_per_class": 4}),
         ("ort-cpu-int8", {"calib_per_class": 4, "quant_format": "QOperator", "per_channel": False}),
-        ("ort-cpu-int8", {"calib_per_class": 2, "calibration_method": "Percentile"}),
+        ("ort-cpu-int8", {"calib_per_class": 2, "calibration_method": "percentile"}),
         ("ts-fp32", {}),
         ("ts-fx-int8", {"calib_per_class": 4}),
     ],

@@ -205,7 +205,7 @@ def test_auto_calibration_records_choice_and_slice(auto_workspace, tmp_path):
     build(auto_workspace, "ort-cpu-int8", [f], force=True)
     m = read_manifest(auto_workspace.artifact_dir("ort-cpu-int8"))
     auto = m["calibration"]["auto"]
-    assert set(auto["candidates"]) == {"MinMax", "Percentile", "Entropy"}
+    assert set(auto["candidates"]) == {"minmax", "percentile", "entropy"}
     drops = {k: v["drop"] for k, v in auto["candidates"].items()}
     assert auto["chosen"] == min(drops, key=drops.get)
     assert m["calibration"]["method"] == auto["chosen"]

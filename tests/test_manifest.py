@@ -49,7 +49,7 @@ def test_records_what_issue_3_lists(int8_artifact, tiny_workspace):
     # the calibration set
     cal = m["calibration"]
     assert (cal["per_class"], cal["images"], cal["split"], cal["seed"]) == (4, 40, "train", 0)
-    assert cal["sampler"] == "class-balanced" and cal["method"] == "MinMax"
+    assert cal["sampler"] == "class-balanced" and cal["method"] == "minmax"
     # artifact hash and size, build time
     f = art / m["artifact"]
     assert m["files"][m["artifact"]] == {"sha256": sha256_file(f), "bytes": f.stat().st_size}

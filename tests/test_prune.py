@@ -264,3 +264,28 @@ def test_finetune_budget_in_minutes_and_the_device_are_recorded(tiny_npz, tmp_pa
     assert len(hist) >= 1 and secs[-1] >= 2.5
     assert secs[-1] <= 3.0 + 2 * longest + 0.5 and took < 30 + 2 * longest
     assert meta["finetune_config"]["time_budget_s"] == 3.0
+
+
+def test_unreachable_macs_target_fails_fast_with_the_reachable_range(monkeypatch):
+    """Issue 15: `--by macs --ratio 0.5` with round_to 8 on ResNet-20 failed after minutes."""
+    import edgekit.prune as P
+
+    passes = []
+    real = P._one_pass
+    monkeypatch.setattr(P, "_one_pass", lambda *a, **k: passes.append(1) or real(*a, **k))
+    m = build_model("resnet20", 10)
+    with pytest.raises(EdgekitError, match=r"cannot be reached: at most 4\d\.\d% .*round_to=8"):
+        prune_model(m, X, PruneConfig(ratio=0.5, by="macs", round_to=8))
+    assert len(passes) == 1  # one trial pass at the largest ratio, no grid scan
+    assert _inner_widths(m) == [16] * 3 + [32] * 3 + [64] * 3  # the model is untouched
+
+
+def test_effective_channel_ratio_is_reported_when_rounding_changes_it():
+    m = build_model("resnet20", 10)
+    logs: list[str] = []
+    res = prune_model(m, X, PruneConfig(ratio=0.3, round_to=8), log=logs.append)
+    # 16 * 0.7 = 11.2 -> 8 kept in layer1: half of those channels go, not 30%
+    assert _inner_widths(m) == [8] * 3 + [16] * 3 + [40] * 3
+    assert res.effective_channel_ratio == pytest.approx(1 - (24 + 48 + 120) / (48 + 96 + 192))
+    assert any("effective" in s and "asked 30.0%" in s for s in logs), logs
+    assert res.to_dict()["effective_channel_ratio"] == res.effective_channel_ratio

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from edgekit.train import kd_loss, split_train_val
@@ -311,3 +312,44 @@ def test_train_records_the_device(tiny_npz, tmp_path):
     assert out["device"] == want
     meta = read_checkpoint(tmp_path / "best.pt")
     assert meta["device"] == want and meta["history"][0]["device"].startswith(want[:3])
+
+
+def _sched(total: int):
+    from edgekit.recipes import lr_factor
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, 0))
+
+
+def _lrs(opt, sched, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_resume_with_more_epochs_continues_the_cosine_never_upward():
+    """--epochs on --resume is the TOTAL; a larger one stretches the decay from where it was."""
+    from edgekit.train import _continue_schedule
+
+    opt, sched = _sched(10)
+    first = _lrs(opt, sched, 5)
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    reference = _lrs(opt, sched, 5)  # the uninterrupted 10-step run
+
+    for total, n in ((10, 5), (20, 15)):
+        opt2, sched2 = _sched(total)
+        opt2.load_state_dict(state["optimizer"])
+        sched2.load_state_dict(state["scheduler"])
+        logs: list[str] = []
+        _continue_schedule(opt2, sched2, total, 0, logs.append)
+        rest = _lrs(opt2, sched2, n)
+        if total == 10:  # same total: exactly the run that was interrupted
+            assert rest == pytest.approx(reference) and not logs
+        else:
+            assert rest[0] == pytest.approx(reference[0])  # no jump at the resume step
+            assert all(b <= a + 1e-12 for a, b in zip([first[-1], *rest[:-1]], rest, strict=True))
+            assert rest[-1] < 0.01 * first[0] and "continues" in logs[0]

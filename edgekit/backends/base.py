@@ -172,14 +172,28 @@ class BuildContext:
                 or NaN/Inf weights (refused as it loads: :func:`edgekit.models.check_finite`).
         """
         if self.checkpoint_path is None:
-            raise EdgekitError(
-                "this target is built from the PyTorch model, not the ONNX file",
+            from edgekit.errors import UnavailableError
+
+            raise UnavailableError(
+                "this target is built from the PyTorch model (an edgekit checkpoint), not the "
+                "ONNX file, and the work directory has none (e.g. an in-memory model)",
                 "give --weights (an edgekit checkpoint) or use edgekit run",
             )
         from edgekit.models import load_model
 
         model, _ = load_model(None, self.checkpoint_path, None)
         return model
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(where: str, what: str, warn: bool) -> None:
+    if warn and (where, what) not in _WARNED:
+        _WARNED.add((where, what))
+        import sys
+
+        print(f"warning: {where}: {what} (the old spelling still works)", file=sys.stderr)
 
 
 class Backend:
@@ -202,8 +216,39 @@ class Backend:
     install_hint = ""
     option_defaults: dict[str, dict[str, Any]] = {}
     option_specs: dict[str, Any] = {}
+    #: old option name -> the name shared across backends (still accepted, with a warning)
+    option_aliases: dict[str, str] = {}
+    #: option -> old value -> the shared spelling (still accepted, with a warning)
+    value_aliases: dict[str, dict[str, str]] = {}
 
-    def resolve_options(self, precision: str, options: Any, where: str = "") -> dict:
+    def canonical_options(self, options: dict, where: str = "", warn: bool = True) -> dict:
+        """``options`` with old option names and values in their shared spelling.
+
+        One vocabulary across backends (issue 15): ``calib_per_class``,
+        ``calib_batch``, ``percentile`` and lower-case ``calibration_method`` values
+        (``minmax``, ``entropy``, ``percentile``). Old spellings keep working; with
+        ``warn`` each is named once on stderr, with the new spelling.
+        """
+        out = {}
+        for key, value in options.items():
+            new_key = self.option_aliases.get(key, key)
+            if new_key != key:
+                _warn_once(where, f"option {key} is now spelled {new_key}", warn)
+                if new_key in options:
+                    raise EdgekitError(
+                        f"{where}: options {key} and {new_key} are the same option",
+                        f"keep only {new_key}",
+                    )
+            aliases = self.value_aliases.get(new_key, {})
+            if isinstance(value, str) and value in aliases:
+                _warn_once(where, f"{new_key} = {value!r} is now spelled {aliases[value]!r}", warn)
+                value = aliases[value]
+            out[new_key] = value
+        return out
+
+    def resolve_options(
+        self, precision: str, options: Any, where: str = "", warn: bool = True
+    ) -> dict:
         """Merge target-file options over the defaults after checking them.
 
         Args:
@@ -228,6 +273,7 @@ class Backend:
                 f"{type(options).__name__}",
                 f"allowed options: {', '.join(sorted(defaults)) or 'none'}",
             )
+        options = self.canonical_options(options, where, warn)
         unknown = set(options) - set(defaults)
         if unknown:
             raise EdgekitError(

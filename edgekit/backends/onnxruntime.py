@@ -43,7 +43,7 @@ INT8_DEFAULTS = {
     "execution_provider": "CPUExecutionProvider",
     "quant_format": "QDQ",
     "per_channel": True,
-    "calibration_method": "MinMax",
+    "calibration_method": "minmax",
     "calib_per_class": 32,
     "calib_batch": 32,
     "activation_type": "QUInt8",
@@ -73,7 +73,7 @@ OPTION_SPECS = {
     "cuda_graph": Bool(),
     "quant_format": Choice("QDQ", "QOperator"),
     "per_channel": Bool(),
-    "calibration_method": Choice("MinMax", "Entropy", "Percentile", "auto"),
+    "calibration_method": Choice("minmax", "entropy", "percentile", "auto"),
     "auto_images": Int(min=1, max=1_000_000),
     "calib_per_class": Int(min=1, max=100_000),
     "calib_batch": Int(min=1, max=65_536),
@@ -162,14 +162,17 @@ class OnnxRuntimeBackend(Backend):
         "int8": INT8_DEFAULTS,
     }
     option_specs = OPTION_SPECS
+    value_aliases = {
+        "calibration_method": {"MinMax": "minmax", "Entropy": "entropy", "Percentile": "percentile"}
+    }
 
-    def resolve_options(self, precision: str, options, where: str = "") -> dict:
+    def resolve_options(self, precision: str, options, where: str = "", warn: bool = True) -> dict:
         """As :meth:`Backend.resolve_options`, and ``cuda_graph`` only with the CUDA EP.
 
         Raises:
             EdgekitError: also ``cuda_graph = true`` with another execution provider.
         """
-        opts = super().resolve_options(precision, options, where)
+        opts = super().resolve_options(precision, options, where, warn)
         if opts.get("cuda_graph") and opts["execution_provider"] != "CUDAExecutionProvider":
             raise EdgekitError(
                 f"{where}: cuda_graph = true needs execution_provider = "
@@ -356,9 +359,9 @@ def check_int8_options(opts: dict, where: str) -> dict:
             opts,
             "calibration_method",
             {
-                "MinMax": CalibrationMethod.MinMax,
-                "Entropy": CalibrationMethod.Entropy,
-                "Percentile": CalibrationMethod.Percentile,
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
                 "auto": None,  # each of AUTO_METHODS in turn (choose_calibration)
             },
             where,
@@ -456,7 +459,11 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     mapped = check_int8_options(opts, where)
-    methods = {m: getattr(CalibrationMethod, m) for m in AUTO_METHODS}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     x, _, calib = ctx.calibration_for(where, opts["calib_per_class"])
     io = onnx_io(ctx.onnx_path)
     fixed = io["batch"]["max"] if io["batch"] else None
@@ -580,7 +587,7 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
 
 
 #: The candidates of ``calibration_method = "auto"``, cheapest first (a tie keeps the first).
-AUTO_METHODS = ("MinMax", "Percentile", "Entropy")
+AUTO_METHODS = ("minmax", "percentile", "entropy")
 
 
 def choose_calibration(ctx: BuildContext, opts: dict, pre: Path, tmp: Path, quantize, where: str):

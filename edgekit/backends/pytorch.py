@@ -59,7 +59,13 @@ class PyTorchBackend(Backend):
 
     def build(self, ctx: BuildContext, target, out_dir: Path) -> BuildResult:
         if ctx.checkpoint_path is None:
-            raise EdgekitError("the PyTorch baseline needs the checkpoint", "pass --weights")
+            from edgekit.errors import UnavailableError
+
+            raise UnavailableError(
+                "the PyTorch baseline needs the model as an edgekit checkpoint (WORK/model.pt); "
+                "an in-memory model has none",
+                "export a named model (zoo name or package.module:factory) with its weights",
+            )
         from edgekit.fileio import require_file
 
         require_file(ctx.checkpoint_path, "checkpoint")

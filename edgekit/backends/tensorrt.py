@@ -51,10 +51,10 @@ _COMMON = {
     "cuda_graph": False,
 }
 _CALIB = {
-    "calibration_per_class": 32,
+    "calib_per_class": 32,
     "calibration_method": "entropy",
-    "calibration_percentile": 99.99,
-    "calibration_batch": 32,
+    "percentile": 99.99,
+    "calib_batch": 32,
 }
 #: Type, allowed values and range of every option (see docs/tensorrt.md).
 OPTION_SPECS = {
@@ -66,10 +66,10 @@ OPTION_SPECS = {
     "cuda_graph": Bool(),
     "fp16_mode": Choice("onnx", "flag"),
     "int8_mode": Choice("qdq", "implicit"),
-    "calibration_per_class": Int(min=1, max=100_000),
+    "calib_per_class": Int(min=1, max=100_000),
     "calibration_method": Choice("entropy", "percentile", "minmax"),
-    "calibration_percentile": Num(min=0, max=100, exclusive_min=True),
-    "calibration_batch": Int(min=1, max=65_536),
+    "percentile": Num(min=0, max=100, exclusive_min=True),
+    "calib_batch": Int(min=1, max=65_536),
 }
 
 
@@ -192,14 +192,14 @@ def write_onnx_for_trt(ctx: BuildContext, target, out_path: Path, plan_onnx: str
     elif plan_onnx == "qdq":
         from edgekit.qdq import make_qdq_onnx
 
-        x, _, crec = ctx.calibration_set(opts["calibration_per_class"])
+        x, _, crec = ctx.calibration_set(opts["calib_per_class"])
         q = make_qdq_onnx(
             ctx.onnx_path,
             out_path,
             x,
             method=opts["calibration_method"],
-            percentile=opts["calibration_percentile"],
-            batch=opts["calibration_batch"],
+            percentile=opts["percentile"],
+            batch=opts["calib_batch"],
             cache_dir=Path(ctx.onnx_path).parent / "cache",
             log=log,
         )
@@ -372,6 +372,12 @@ class TensorRTBackend(Backend):
         "int8": {**_COMMON, **_CALIB, "int8_mode": "qdq"},
     }
     option_specs = OPTION_SPECS
+    #: the spellings before the options were shared with onnxruntime/torchscript (issue 15)
+    option_aliases = {
+        "calibration_per_class": "calib_per_class",
+        "calibration_batch": "calib_batch",
+        "calibration_percentile": "percentile",
+    }
 
     def unavailable_reason(self, target) -> str | None:
         from edgekit.backends.base import is_installed
@@ -425,9 +431,9 @@ class TensorRTBackend(Backend):
             from edgekit.calibration import CalibrationCache, cache_key, device_batches, hash_array
             from edgekit.fileio import sha256_file
 
-            x, _, crec = ctx.calibration_set(target.options["calibration_per_class"])
+            x, _, crec = ctx.calibration_set(target.options["calib_per_class"])
             batches, dev = device_batches(
-                x, target.options["calibration_batch"], "cuda", io["input_shape"]
+                x, target.options["calib_batch"], "cuda", io["input_shape"]
             )
             if batches[-1].shape[0] != batches[0].shape[0]:
                 batches = batches[:-1]  # TensorRT calibrators take a fixed batch size

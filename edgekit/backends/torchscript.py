@@ -111,6 +111,46 @@ def quiet_torch_ao():
         yield
 
 
+#: The C++ deprecation line ``torch.jit.load`` of a quantized module prints straight to the
+#: process's stderr (c10's default handler: no Python warning to filter), once per process.
+QUANTIZER_DEPRECATION = r"Quantizer\.cpp:\d+\] Warning: torch\.quantize_per_tensor"
+
+
+@contextlib.contextmanager
+def native_stderr_without(pattern: str):
+    """Hold back lines matching ``pattern`` that native code writes to fd 2 inside the block.
+
+    Everything else written there is passed on to ``sys.stderr`` afterwards, in order.
+    When fd 2 cannot be redirected (no such descriptor), the block runs unfiltered.
+    """
+    import os
+    import re
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            kept = [ln for ln in text.splitlines(keepends=True) if not re.search(pattern, ln)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def archive_record(path: Path) -> dict | None:
     """The :data:`RECORD` stored in a TorchScript archive, read with ``zipfile`` (no unpickling).
 
@@ -148,7 +188,7 @@ class TorchScriptRunner:
             torch.set_num_threads(threads)
         self.torch = torch
         try:
-            with quiet_torch_ao():
+            with quiet_torch_ao(), native_stderr_without(QUANTIZER_DEPRECATION):
                 self.module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
