@@ -54,6 +54,9 @@ INT8_DEFAULTS = {
     "op_types_to_quantize": [],
     "unsupported_ops": "fp32",
     "strip_names": True,
+    # accuracy control (edgekit/sensitivity.py): None = plain INT8
+    "max_drop": None,
+    "validation_images": 0,
 }
 
 #: The execution providers whose sessions run on the GPU runner (edgekit/backends/gpu.py).
@@ -76,6 +79,8 @@ OPTION_SPECS = {
     "op_types_to_quantize": ListOf(Str(r"[A-Za-z][A-Za-z0-9_]*")),
     "unsupported_ops": Choice("fp32", "error"),
     "strip_names": Bool(),
+    "max_drop": Num(min=0, max=100, nullable=True),
+    "validation_images": Int(min=0, max=10_000_000),
 }
 
 
@@ -202,12 +207,22 @@ class OnnxRuntimeBackend(Backend):
                 "ONNX Runtime targets are built from an ONNX file",
                 "run edgekit export first and pass --onnx",
             )
+        if target.precision == "int8" and target.options.get("max_drop") is not None:
+            from edgekit.sensitivity import build_with_max_drop
+
+            return build_with_max_drop(ctx, target.options, out_dir, target.name, build_int8)
         if target.precision == "int8":
             return build_int8(ctx, target.options, out_dir, where=target.name)
         if target.precision == "fp16":
             return build_fp16(ctx, out_dir)
         shutil.copyfile(ctx.onnx_path, out_dir / ARTIFACT)
         return BuildResult(artifact=ARTIFACT, io=onnx_io(out_dir / ARTIFACT))
+
+    def sensitivity(self, ctx: BuildContext, target, images: int, log) -> dict:
+        """Per-node INT8 sensitivity (:func:`edgekit.sensitivity.sensitivity_report`)."""
+        from edgekit.sensitivity import sensitivity_report
+
+        return sensitivity_report(ctx, target.options, target.name, build_int8, images, log)
 
     def verify_artifact(self, artifact_dir: Path, manifest: dict) -> None:
         """Bind ``precision: int8`` to the hashed model: it must hold quantized operators.
@@ -393,7 +408,13 @@ def unquantizable_nodes(model, op_types: set[str]) -> list[tuple[str, str]]:
     ]
 
 
-def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-cpu-int8"):
+def build_int8(
+    ctx: BuildContext,
+    opts: dict,
+    out_dir: Path,
+    where: str = "ort-cpu-int8",
+    calib_cache: Path | None = None,
+):
     """Static INT8 quantization of ``ctx.onnx_path`` into ``out_dir/model.onnx``.
 
     Steps (ONNX Runtime docs, "Quantize ONNX models"): ``quant_pre_process``;
@@ -402,6 +423,8 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
     fixed batch); ``quantize_static`` with the target's format, calibration
     method, per-channel flag and activation/weight types (U8S8 by default:
     VNNI's native u8 x s8 form). Nodes listed in ``nodes_to_exclude`` stay FP32.
+    ``calib_cache``: ONNX Runtime's calibration cache file (``calibration_cache_path``),
+    written by the first call and read by later ones (the accuracy-control variants).
 
     Returns:
         BuildResult with the calibration record and, in ``extra["quantization"]``,
@@ -486,6 +509,7 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
                     nodes_to_exclude=list(opts["nodes_to_exclude"]) or None,
                     op_types_to_quantize=list(opts["op_types_to_quantize"]) or None,
                     extra_options=extra_options,
+                    calibration_cache_path=str(calib_cache) if calib_cache else None,
                     **mapped,
                 )
         except EdgekitError:
