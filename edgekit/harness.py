@@ -502,8 +502,24 @@ def result_row(
         "peak_rss_mb": peak_rss_mb() if rss_mb is None else rss_mb,
         "gpu_mem_mb": (gpu or {}).get("device_used_mb"),
         "gpu": gpu,
+        "fp32_nodes": fp32_node_count(m),
     }
     return row
+
+
+def fp32_node_count(manifest: dict) -> int | None:
+    """Nodes an INT8 artifact keeps in FP32 (``quantization.fp32_nodes``); None otherwise.
+
+    Counts the compute nodes named by accuracy control when it ran
+    (``accuracy_control.fp32_compute_nodes``, without the ReLU/reshape nodes that go
+    with them) plus the user's and the unquantizable ones.
+    """
+    q = manifest.get("quantization") if manifest.get("precision") == "int8" else None
+    if not isinstance(q, dict) or not isinstance(q.get("fp32_nodes"), list):
+        return None
+    acc = q.get("accuracy_control") or {}
+    extra = set(acc.get("fp32_nodes_added") or []) - set(acc.get("fp32_compute_nodes") or [])
+    return len(set(q["fp32_nodes"]) - extra)
 
 
 def failure_row(artifact_dir, exc: BaseException) -> dict:

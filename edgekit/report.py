@@ -35,6 +35,7 @@ def table(rows: list[dict], title: str = "edgekit benchmark"):
         ("img/s", "right"),
         ("size MB", "right"),
         ("size ratio", "right"),
+        ("FP32 nodes", "right"),
         ("RSS MB", "right"),
     ]:
         t.add_column(col, justify=just)
@@ -66,6 +67,7 @@ def _cells(r: dict, multi: bool) -> list[str]:
         _fmt(best, ".0f"),
         _fmt(r.get("size_mb"), ".3f"),
         _fmt(r.get("size_ratio"), ".3f"),
+        _fmt(r.get("fp32_nodes"), "d"),
         _fmt(r.get("peak_rss_mb"), ".0f"),
     ]
 
@@ -241,6 +243,7 @@ def report_schema():
             "peak_rss_mb": num,
             "gpu_mem_mb": num,
             "gpu": Dict({}, extra=True, nullable=True),
+            "fp32_nodes": Int(min=0, nullable=True),
         },
         extra=True,
     )
@@ -362,6 +365,7 @@ def flat_row(r: dict, batch_sizes: list[str]) -> dict:
         "size_mb": r.get("size_mb"),
         "size_ratio": r.get("size_ratio"),
         "speedup": r.get("speedup"),
+        "fp32_nodes": r.get("fp32_nodes"),
     }
     for k in LATENCY_KEYS:
         out[f"latency_{k}" + ("" if k in ("cv", "queries", "duration_s") else "_ms")] = lat.get(k)
@@ -403,6 +407,7 @@ def markdown_table(rows: list[dict]) -> str:
         "best img/s",
         "size MB",
         "size ratio",
+        "FP32 nodes",
         "peak RSS MB",
     ]
     lines = [

@@ -160,6 +160,14 @@ def build_with_max_drop(ctx, opts: dict, out_dir: Path, where: str, build_int8):
         "latency": "batch 1, 1 thread, p50 ratio vs full INT8 in the same run (interleaved)",
         "ranking": [g.to_dict() for g in res.ranking[: max(len(steps) + 4, 8)]],
     }
+    if res.fp32_top1 >= 99.5:
+        note = (
+            f"the FP32 model fits the training split (top-1 {res.fp32_top1:.2f}% on the "
+            "validation slice): the drop measured there can be smaller than on unseen "
+            "images; check the test-set drop with edgekit bench"
+        )
+        out.extra["quantization"]["accuracy_control"]["note"] = note
+        _stderr(f"warning: {where}: {note}")
     return out
 
 
