@@ -1006,11 +1006,11 @@ def qat(
     work_dir: WorkDir = Path("edgekit-work"),
     epochs: Annotated[
         float, typer.Option("--epochs", help="Fine-tuning epochs (fractions allowed).")
-    ] = 1.0,
+    ] = 2.0,
     steps: Annotated[
         int | None, typer.Option("--steps", help="At most this many optimizer steps.")
     ] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (SGD).")] = 0.01,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (SGD).")] = 0.001,
     batch: Annotated[int, typer.Option("--batch", help="Training batch size.")] = 128,
     device: DeviceOpt = None,
     force: Force = False,

@@ -64,9 +64,9 @@ class QatConfig:
         init_per_class: calibration images per class that initialise the observers.
     """
 
-    epochs: float = 1.0
+    epochs: float = 2.0
     steps: int | None = None
-    lr: float = 0.01
+    lr: float = 0.001
     batch: int = 128
     device: str | None = None
     weight_decay: float = 5e-4
