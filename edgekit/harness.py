@@ -180,7 +180,9 @@ def measure_accuracy(
         ``{"top1", "top5", "images", "predictions": int64 [N] list}``.
     """
     logits = run_batches(runner, images, batch, transform=preprocess.apply)
-    top = np.argsort(-logits, axis=1)[:, :5]
+    # stable: tied logits (an INT8 output is quantized, so ties happen) resolve to the
+    # lowest class index, as argmax and torch do
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :5]
     pred = top[:, 0]
     n = len(labels)
     return {

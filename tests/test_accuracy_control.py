@@ -277,3 +277,24 @@ def test_cli_maps_an_unmet_limit_to_exit_status_1(monkeypatch, capsys):
         cli.main()
     assert e.value.code == 1
     assert capsys.readouterr().err.startswith("error: acc: max_drop = 0.1 not met")
+
+
+def test_harness_top1_breaks_ties_like_argmax():
+    """INT8 logits are quantized, so ties occur: top-1 must pick the lowest class, as
+    argmax (and torch) do; an unstable sort made edgekit bench disagree with edgekit qat's
+    own check on 9 of 10,000 ResNet-20 test images."""
+    from edgekit.harness import measure_accuracy
+
+    rng = np.random.default_rng(0)
+    z = (rng.integers(-20, 20, (2000, 10)) * 0.25).astype(np.float32)  # a coarse grid: ties
+
+    class Quantized:
+        batch_range = (1, None)
+
+        def __call__(self, x):
+            return z[x[:, 0, 0, 0].astype(int)]
+
+    x = np.arange(2000, dtype=np.float32).reshape(-1, 1, 1, 1)
+    y = z.argmax(1)
+    acc = measure_accuracy(Quantized(), x, y, SimpleNamespace(apply=lambda v: v))
+    assert acc["top1"] == 100.0
