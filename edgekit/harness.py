@@ -519,9 +519,14 @@ def fp32_node_count(manifest: dict) -> int | None:
     q = manifest.get("quantization") if manifest.get("precision") == "int8" else None
     if not isinstance(q, dict) or not isinstance(q.get("fp32_nodes"), list):
         return None
-    acc = q.get("accuracy_control") or {}
-    extra = set(acc.get("fp32_nodes_added") or []) - set(acc.get("fp32_compute_nodes") or [])
-    return len(set(q["fp32_nodes"]) - extra)
+
+    def names(v) -> set[str]:  # a manifest is untrusted: strings only
+        return {n for n in v if isinstance(n, str)} if isinstance(v, list) else set()
+
+    acc = q.get("accuracy_control")
+    acc = acc if isinstance(acc, dict) else {}
+    extra = names(acc.get("fp32_nodes_added")) - names(acc.get("fp32_compute_nodes"))
+    return len(names(q["fp32_nodes"]) - extra)
 
 
 def failure_row(artifact_dir, exc: BaseException) -> dict:

@@ -298,3 +298,19 @@ def test_harness_top1_breaks_ties_like_argmax():
     y = z.argmax(1)
     acc = measure_accuracy(Quantized(), x, y, SimpleNamespace(apply=lambda v: v))
     assert acc["top1"] == 100.0
+
+
+def test_report_row_counts_the_fp32_compute_nodes():
+    from edgekit.harness import fp32_node_count
+
+    acc = {
+        "fp32_nodes_added": ["conv_c", "relu_b", "conv_b"],
+        "fp32_compute_nodes": ["conv_c", "conv_b"],
+    }
+    q = {"fp32_nodes": ["conv_b", "conv_c", "relu_b", "pad"], "accuracy_control": acc}
+    assert fp32_node_count({"precision": "int8", "quantization": q}) == 3  # + the unquantizable pad
+    assert fp32_node_count({"precision": "int8", "quantization": {"fp32_nodes": []}}) == 0
+    assert fp32_node_count({"precision": "fp32", "quantization": q}) is None
+    # an edited manifest is counted, never a crash
+    bad = {"fp32_nodes": [{"x": 1}, "a"], "accuracy_control": 5}
+    assert fp32_node_count({"precision": "int8", "quantization": bad}) == 1
