@@ -984,16 +984,15 @@ def sensitivity(
     split when each node (dependency group) alone stays FP32, and its output SQNR vs FP32
     on calibration images. Writes WORK/sensitivity-TARGET.json and .png."""
     from edgekit.pipeline import Workspace, build_context
-    from edgekit.sensitivity import format_table, run_sensitivity
+    from edgekit.sensitivity import check_sensitivity_target, format_table, run_sensitivity
     from edgekit.targets import get_target
 
     _at_least("--images", images, 10)
     _at_least("--top", top, 1)
     t = get_target(target, target_file)
+    check_sensitivity_target(t)  # not quantized: say so before any work
     ws = Workspace(work_dir)
     ws.record()
-    if t.precision != "int8":
-        run_sensitivity(None, work_dir, t, images)  # raises the not-quantized error
     ws.check_onnx()
     rep, j, p = run_sensitivity(build_context(ws), work_dir, t, images, _log)
     typer.echo(format_table(rep, top))

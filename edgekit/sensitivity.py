@@ -290,6 +290,18 @@ def run_sensitivity(ctx, work_dir: Path, target, images: int, log=_stderr):
         EdgekitError: a target that is not quantized, or whose backend has no
             per-node sensitivity; too few validation images.
     """
+    fn = check_sensitivity_target(target)
+    rep = fn(ctx, target, images, log)
+    j, p = write_report(rep, work_dir, target.name)
+    return rep, j, p
+
+
+def check_sensitivity_target(target):
+    """The backend's ``sensitivity`` method for ``target``.
+
+    Raises:
+        EdgekitError: a target that is not quantized, or whose backend has none.
+    """
     from edgekit.backends import get_backend
 
     if target.precision != "int8":
@@ -306,9 +318,7 @@ def run_sensitivity(ctx, work_dir: Path, target, images: int, log=_stderr):
             f"INT8 targets, not the {target.backend} backend",
             "use --target ort-cpu-int8",
         )
-    rep = fn(ctx, target, images, log)
-    j, p = write_report(rep, work_dir, target.name)
-    return rep, j, p
+    return fn
 
 
 def dumps(rep: dict) -> str:
