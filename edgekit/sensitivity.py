@@ -247,11 +247,23 @@ def plot(rep: dict, path: Path, limit: int = 30) -> Path:
     rows = rep["groups"][:limit][::-1]
     labels = [_short("+".join(g["nodes"])) for g in rows]
     vals = [g["top1_gain"] for g in rows]
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.6))
     ax.barh(np.arange(len(rows)), vals, color=["#c0392b" if v > 0 else "#7f8c8d" for v in vals])
     ax.set_yticks(np.arange(len(rows)), labels, fontsize=7)
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlabel("top-1 gained when kept in FP32 (points, validation slice)")
+    if not any(vals):
+        ax.text(
+            0.5,
+            0.5,
+            "no group gains top-1 on this slice:\nranked by the logit error it removes",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="#555555",
+            bbox={"facecolor": "white", "edgecolor": "none"},
+        )
     ax.set_title(
         f"{rep['target']}: per-node INT8 sensitivity (FP32 {rep['fp32_top1']:.2f}%, "
         f"INT8 {rep['int8_top1']:.2f}%)",
@@ -259,7 +271,7 @@ def plot(rep: dict, path: Path, limit: int = 30) -> Path:
     )
     fig.tight_layout()
     with atomic_path(path, force=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
