@@ -1131,6 +1131,73 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command()
+def sensitivity(
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="An INT8 target, e.g. ort-cpu-int8.")
+    ] = "ort-cpu-int8",
+    work_dir: WorkDir = Path("edgekit-work"),
+    target_file: TargetFiles = None,
+    images: Annotated[
+        int,
+        typer.Option("--images", help="Validation images (training split, not calibration)."),
+    ] = 1000,
+    top: Annotated[int, typer.Option("--top", help="Rows of the table printed.")] = 20,
+):
+    """Per-node INT8 sensitivity: the top-1 gained on a validation slice of the training
+    split when each node (dependency group) alone stays FP32, and its output SQNR vs FP32
+    on calibration images. Writes WORK/sensitivity-TARGET.json and .png."""
+    from edgekit.pipeline import Workspace, build_context
+    from edgekit.sensitivity import check_sensitivity_target, format_table, run_sensitivity
+    from edgekit.targets import get_target
+
+    _at_least("--images", images, 10)
+    _at_least("--top", top, 1)
+    t = get_target(target, target_file)
+    check_sensitivity_target(t)  # not quantized: say so before any work
+    ws = Workspace(work_dir)
+    ws.record()
+    ws.check_onnx()
+    rep, j, p = run_sensitivity(build_context(ws), work_dir, t, images, _log)
+    typer.echo(format_table(rep, top))
+    _log(f"wrote {j}")
+    _log(f"wrote {p}")
+
+
+@app.command()
+def qat(
+    work_dir: WorkDir = Path("edgekit-work"),
+    epochs: Annotated[
+        float, typer.Option("--epochs", help="Fine-tuning epochs (fractions allowed).")
+    ] = 2.0,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="At most this many optimizer steps.")
+    ] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (SGD).")] = 0.001,
+    batch: Annotated[int, typer.Option("--batch", help="Training batch size.")] = 128,
+    device: DeviceOpt = None,
+    force: Force = False,
+    model: TrustModel = None,
+):
+    """Quantization-aware training of the work directory's model (FX fake quantization:
+    per-channel symmetric INT8 weights, per-tensor UINT8 activations), exported as a Q/DQ
+    ONNX into WORK/artifacts/ort-cpu-int8-qat."""
+    from edgekit.pipeline import Workspace, build_context, load_workspace_dataset
+    from edgekit.qat import QatConfig, run_qat
+
+    _trust(model)
+    cfg = QatConfig(epochs=epochs, steps=steps, lr=lr, batch=batch, device=device)
+    cfg.check()
+    ws = Workspace(work_dir)
+    ds = load_workspace_dataset(ws.record())
+    m = run_qat(ws, build_context(ws, ds), ds.test, cfg, force=force, log=_log)
+    q = m["quantization"]["qat"]
+    typer.echo(
+        f"{ws.artifact_dir(m['target'])}  fake-quant top-1 {q['torch_top1']:.2f}%, "
+        f"ONNX Runtime top-1 {q['ort_top1']:.2f}% ({q['test_images']} test images)"
+    )
+
+
 def one_line(text: str) -> str:
     """``text`` with control characters escaped (``\\n``, ``\\x1b``), so an error about a
     path holding a newline or a terminal escape stays one line and prints nothing raw."""
@@ -1143,7 +1210,7 @@ def main() -> None:
         app()
     except EdgekitError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))  # 1: a failed build (accuracy limit not met)
     except ModuleNotFoundError as e:  # a build-host command run with the runtime install
         root = (e.name or "").split(".")[0]
         if root not in _INSTALL_HINTS:

@@ -237,7 +237,9 @@ def measure_accuracy(
         ``{"top1", "top5", "images", "predictions": int64 [N] list}``.
     """
     logits = run_batches(runner, images, batch, transform=preprocess.apply)
-    top = np.argsort(-logits, axis=1)[:, :5]
+    # stable: tied logits (an INT8 output is quantized, so ties happen) resolve to the
+    # lowest class index, as argmax and torch do
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :5]
     pred = top[:, 0]
     n = len(labels)
     return {
@@ -677,12 +679,33 @@ def result_row(
         "peak_rss_mb": (peak_rss_mb() if rss_mb is None else rss_mb) if status == "ok" else None,
         "gpu_mem_mb": (gpu or {}).get("device_used_mb"),
         "gpu": gpu,
+        "fp32_nodes": fp32_node_count(m),
     }
     if status == "ok" and latency:
         flags = noise_flags(latency)
         row["noisy"] = flags.pop("noisy")
         row["noise"] = flags
     return row
+
+
+def fp32_node_count(manifest: dict) -> int | None:
+    """Nodes an INT8 artifact keeps in FP32 (``quantization.fp32_nodes``); None otherwise.
+
+    Counts the compute nodes named by accuracy control when it ran
+    (``accuracy_control.fp32_compute_nodes``, without the ReLU/reshape nodes that go
+    with them) plus the user's and the unquantizable ones.
+    """
+    q = manifest.get("quantization") if manifest.get("precision") == "int8" else None
+    if not isinstance(q, dict) or not isinstance(q.get("fp32_nodes"), list):
+        return None
+
+    def names(v) -> set[str]:  # a manifest is untrusted: strings only
+        return {n for n in v if isinstance(n, str)} if isinstance(v, list) else set()
+
+    acc = q.get("accuracy_control")
+    acc = acc if isinstance(acc, dict) else {}
+    extra = names(acc.get("fp32_nodes_added")) - names(acc.get("fp32_compute_nodes"))
+    return len(names(q["fp32_nodes"]) - extra)
 
 
 def failure_row(artifact_dir, exc: BaseException) -> dict:

@@ -40,6 +40,7 @@ COLUMNS = [
     ("speedup", "right", False),
     ("best img/s", "right", True),
     ("CV", "right", True),
+    ("FP32 nodes", "right", True),
     ("peak RSS MB", "right", True),
 ]
 
@@ -77,6 +78,7 @@ def _cells(r: dict, multi: bool, wide: bool = True) -> list[str]:
         _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
         _fmt(best, ".0f"),
         _fmt(lat.get("cv"), ".2f"),
+        _fmt(r.get("fp32_nodes"), "d"),
         _fmt(r.get("peak_rss_mb"), ".0f"),
     ]
     return [c for c, (_, _, w) in zip(cells, COLUMNS, strict=True) if wide or not w]
@@ -375,6 +377,7 @@ def report_schema():
             "noise": Dict({}, extra=True, nullable=True),
             "speedup_range": ListOf(num, nullable=True),
             "accuracy_images": Int(min=1, nullable=True),
+            "fp32_nodes": Int(min=0, nullable=True),
         },
         extra=True,
     )
@@ -537,6 +540,7 @@ def flat_row(r: dict, batch_sizes: list[str]) -> dict:
         "size_mb": r.get("size_mb"),
         "size_ratio": r.get("size_ratio"),
         "speedup": r.get("speedup"),
+        "fp32_nodes": r.get("fp32_nodes"),
     }
     for k in LATENCY_KEYS:
         out[f"latency_{k}" + ("" if k in ("cv", "queries", "duration_s") else "_ms")] = lat.get(k)

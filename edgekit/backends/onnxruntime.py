@@ -62,6 +62,9 @@ INT8_DEFAULTS = {
     "pre_process_optimize": True,
     # calibration_method = "auto": size of the held-out training slice that scores it
     "auto_images": 1000,
+    # accuracy control (edgekit/sensitivity.py): None = plain INT8
+    "max_drop": None,
+    "validation_images": 0,
 }
 
 #: The execution providers whose sessions run on the GPU runner (edgekit/backends/gpu.py).
@@ -87,6 +90,8 @@ OPTION_SPECS = {
     "strip_names": Bool(),
     "activation_symmetric": Bool(),
     "pre_process_optimize": Bool(),
+    "max_drop": Num(min=0, max=100, nullable=True),
+    "validation_images": Int(min=0, max=10_000_000),
 }
 
 
@@ -170,9 +175,16 @@ class OnnxRuntimeBackend(Backend):
         """As :meth:`Backend.resolve_options`, and ``cuda_graph`` only with the CUDA EP.
 
         Raises:
-            EdgekitError: also ``cuda_graph = true`` with another execution provider.
+            EdgekitError: also ``cuda_graph = true`` with another execution provider, and
+                ``max_drop`` with ``calibration_method = "auto"``.
         """
         opts = super().resolve_options(precision, options, where, warn)
+        if opts.get("max_drop") is not None and opts.get("calibration_method") == "auto":
+            raise EdgekitError(
+                f'{where}: max_drop and calibration_method = "auto" cannot be combined: the '
+                "fallback compares variants of one calibration",
+                'set calibration_method to "minmax", "percentile" or "entropy"',
+            )
         if opts.get("cuda_graph") and opts["execution_provider"] != "CUDAExecutionProvider":
             raise EdgekitError(
                 f"{where}: cuda_graph = true needs execution_provider = "
@@ -216,12 +228,27 @@ class OnnxRuntimeBackend(Backend):
                 "ONNX Runtime targets are built from an ONNX file",
                 "run edgekit export first and pass --onnx",
             )
+        if target.precision == "int8" and target.options.get("max_drop") is not None:
+            from edgekit.sensitivity import build_with_max_drop
+
+            return build_with_max_drop(ctx, target.options, out_dir, target.name, build_int8)
         if target.precision == "int8":
             return build_int8(ctx, target.options, out_dir, where=target.name)
         if target.precision == "fp16":
             return build_fp16(ctx, out_dir)
         shutil.copyfile(ctx.onnx_path, out_dir / ARTIFACT)
         return BuildResult(artifact=ARTIFACT, io=onnx_io(out_dir / ARTIFACT))
+
+    def sensitivity(self, ctx: BuildContext, target, images: int, log) -> dict:
+        """Per-node INT8 sensitivity (:func:`edgekit.sensitivity.sensitivity_report`)."""
+        from edgekit.sensitivity import sensitivity_report
+
+        if target.options.get("calibration_method") == "auto":
+            raise EdgekitError(
+                f'{target.name}: sensitivity is measured for one calibration, not "auto"',
+                'set calibration_method to "minmax", "percentile" or "entropy" in the target file',
+            )
+        return sensitivity_report(ctx, target.options, target.name, build_int8, images, log)
 
     def verify_artifact(self, artifact_dir: Path, manifest: dict) -> None:
         """Bind ``precision: int8`` to the hashed model: it must hold quantized operators.
@@ -425,7 +452,13 @@ def unquantizable_nodes(model, op_types: set[str]) -> list[tuple[str, str]]:
     ]
 
 
-def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-cpu-int8"):
+def build_int8(
+    ctx: BuildContext,
+    opts: dict,
+    out_dir: Path,
+    where: str = "ort-cpu-int8",
+    calib_cache: Path | None = None,
+):
     """Static INT8 quantization of ``ctx.onnx_path`` into ``out_dir/model.onnx``.
 
     Steps (ONNX Runtime docs, "Quantize ONNX models"): ``quant_pre_process``;
@@ -436,6 +469,8 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
     VNNI's native u8 x s8 form). Nodes listed in ``nodes_to_exclude`` stay FP32.
     ``calibration_method = "auto"`` builds each of :data:`AUTO_METHODS` and keeps
     the smallest top-1 drop on a held-out training slice (:func:`choose_calibration`).
+    ``calib_cache``: ONNX Runtime's calibration cache file (``calibration_cache_path``),
+    written by the first call and read by later ones (the accuracy-control variants).
 
     Returns:
         BuildResult with the calibration record (with ``auto``: the choice, each
@@ -530,6 +565,8 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
             "ActivationSymmetric": bool(opts["activation_symmetric"]),
         }
 
+        auto_mode = opts["calibration_method"] == "auto"
+
         def quantize(method: str, dest: Path) -> None:
             mapped["calibrate_method"] = methods[method]
             try:
@@ -544,6 +581,11 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
                         nodes_to_exclude=list(opts["nodes_to_exclude"]) or None,
                         op_types_to_quantize=list(opts["op_types_to_quantize"]) or None,
                         extra_options=extra_options,
+                        # one calibration for every accuracy-control variant; never with
+                        # auto, whose candidates differ by their calibration
+                        calibration_cache_path=str(calib_cache)
+                        if calib_cache and not auto_mode
+                        else None,
                         **mapped,
                     )
             except EdgekitError:
@@ -557,7 +599,7 @@ def build_int8(ctx: BuildContext, opts: dict, out_dir: Path, where: str = "ort-c
                 ) from None
 
         auto = None
-        if opts["calibration_method"] == "auto":
+        if auto_mode:
             auto = choose_calibration(ctx, opts, pre, Path(td), quantize, where)
             shutil.copyfile(Path(td) / f"auto-{auto['chosen']}.onnx", out_dir / ARTIFACT)
         else:
