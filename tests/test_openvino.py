@@ -67,8 +67,10 @@ def test_ov_target_builds_loads_and_benches(tiny_workspace, tiny_ds, ov_artifact
         assert got.shape == (8, 10) and got.dtype == np.float32
         err = np.abs(got - ref).max() / (np.abs(ref).max() + 1e-6)
         corr = np.corrcoef(got.ravel(), ref.ravel())[0, 1]
-        # FP32 matches eager; INT8 of this untrained net tracks it (8-bit tolerance)
-        assert err < 1e-4 if name == "ov-cpu" else (err < 0.5 and corr > 0.95), (err, corr)
+        # FP32 matches eager; INT8 of this barely trained net tracks it. Over 8 training
+        # seeds NNCF's INT8 gave a relative max error of 0.20-0.50 and a correlation of
+        # 0.93-0.996 with eager FP32; a broken quantization gives a correlation near 0.
+        assert err < 1e-4 if name == "ov-cpu" else (err < 1.0 and corr > 0.85), (err, corr)
         # batch 1 after batch 8: the IR keeps the export's dynamic batch
         assert np.allclose(runner(x[:1]), got[:1], atol=1e-4 * (np.abs(got).max() + 1))
     finally:
