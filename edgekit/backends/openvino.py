@@ -23,6 +23,8 @@ versions named; so is an IR OpenVINO cannot parse.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from pathlib import Path
 
@@ -196,16 +198,18 @@ def nncf_quantize(model, x: np.ndarray, opts: dict):
         "mixed": nncf.QuantizationPreset.MIXED,
     }[opts["preset"]]
     data = nncf.Dataset([np.ascontiguousarray(x[i : i + 1]) for i in range(len(x))])
-    return nncf.quantize(
-        model,
-        data,
-        preset=preset,
-        subset_size=len(x),
-        fast_bias_correction=bool(opts["fast_bias_correction"]),
-        advanced_parameters=AdvancedQuantizationParameters(
-            overflow_fix=OverflowFix(opts["overflow_fix"])
-        ),
-    )
+    # NNCF draws progress bars on stdout/stderr: keep them out of edgekit's own output
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return nncf.quantize(
+            model,
+            data,
+            preset=preset,
+            subset_size=len(x),
+            fast_bias_correction=bool(opts["fast_bias_correction"]),
+            advanced_parameters=AdvancedQuantizationParameters(
+                overflow_fix=OverflowFix(opts["overflow_fix"])
+            ),
+        )
 
 
 class OpenVinoBackend(Backend):
