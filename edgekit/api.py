@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError, UnavailableError
+from edgekit.errors import EdgekitError, UnavailableError, at_least, at_most
 
 __all__ = [
     "Artifact",
@@ -323,23 +323,13 @@ def export(
     )
 
 
-def _at_least(option: str, value, low) -> None:
-    if value is not None and value < low:
-        raise EdgekitError(f"{option} must be at least {low}, got {value}")
-
-
-def _at_most(option: str, value, high) -> None:
-    if value is not None and value > high:
-        raise EdgekitError(f"{option} must be at most {high}, got {value}")
-
-
 def _check_numbers(epochs=None, seed=None, num_classes=None, opset=None) -> None:
-    _at_least("--epochs", epochs, 0)
-    _at_least("--seed", seed, 0)
-    _at_least("--num-classes", num_classes, 1)
-    _at_most("--num-classes", num_classes, 100_000)
-    _at_most("--seed", seed, 2**32 - 1)
-    _at_least("--opset", opset, 1)
+    at_least("--epochs", epochs, 0)
+    at_least("--seed", seed, 0)
+    at_least("--num-classes", num_classes, 1)
+    at_most("--num-classes", num_classes, 100_000)
+    at_most("--seed", seed, 2**32 - 1)
+    at_least("--opset", opset, 1)
 
 
 def _model_spec(model, dataset, data_dir, weights, num_classes, norm, epochs, seed, device):
@@ -450,8 +440,8 @@ def bench_config(
     """
     from edgekit.harness import BenchConfig
 
-    _at_least("--min-queries", min_queries, 1)
-    _at_most("--min-queries", min_queries, MAX_MIN_QUERIES)
+    at_least("--min-queries", min_queries, 1)
+    at_most("--min-queries", min_queries, MAX_MIN_QUERIES)
     if min_duration is not None and not 0 <= min_duration <= MAX_MIN_DURATION_S:  # NaN too
         raise EdgekitError(
             f"--min-duration must be a number of seconds in [0, {MAX_MIN_DURATION_S}], "
@@ -491,9 +481,9 @@ def measure_options(cfg, accuracy_images: int | None = None, rounds: int | None 
     Raises:
         EdgekitError: ``accuracy_images < 1`` or ``rounds`` outside [1, 1000].
     """
-    _at_least("--accuracy-images", accuracy_images, 1)
-    _at_least("--rounds", rounds, 1)
-    _at_most("--rounds", rounds, 1000)
+    at_least("--accuracy-images", accuracy_images, 1)
+    at_least("--rounds", rounds, 1)
+    at_most("--rounds", rounds, 1000)
     if accuracy_images is not None:
         cfg.accuracy_images = accuracy_images
     if rounds is not None:
@@ -767,7 +757,7 @@ def compare(
     from edgekit.harness import check_threads
 
     check_threads(threads)
-    _at_least("--images", images, 1)
+    at_least("--images", images, 1)
     tol = Tolerances(atol, rtol, check_error_stat, min_agreement, min_cosine)
     tol.check()
     r = compare_artifacts(

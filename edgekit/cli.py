@@ -15,7 +15,7 @@ import typer
 import typer.core
 
 from edgekit.api import MAX_BATCH, MAX_MIN_DURATION_S, MAX_MIN_QUERIES  # noqa: F401
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, at_least, at_most
 
 app = typer.Typer(
     name="edgekit",
@@ -80,6 +80,16 @@ Threads = Annotated[
     typer.Option("--threads", help="Intra-op threads of the backend (default: the backend's own)."),
 ]
 Quick = Annotated[bool, typer.Option("--quick", help="Short measurement rules (demo/tests).")]
+AllTargets = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        "-t",
+        "--targets",
+        help="Target name(s), repeatable or comma-separated (default: all). "
+        "--targets is the old spelling.",
+    ),
+]
 TargetFiles = Annotated[
     list[Path] | None,
     typer.Option("--target-file", help="Extra target TOML file(s) (repeatable)."),
@@ -131,18 +141,6 @@ def _trust(model: str | None) -> None:
         trust_model(model)
 
 
-def _at_least(option: str, value, low) -> None:
-    """Refuse ``value`` below ``low`` with one error line, before any heavy work."""
-    if value is not None and value < low:
-        raise EdgekitError(f"{option} must be at least {low}, got {value}")
-
-
-def _at_most(option: str, value, high) -> None:
-    """Refuse ``value`` above ``high`` with one error line, before any heavy work."""
-    if value is not None and value > high:
-        raise EdgekitError(f"{option} must be at most {high}, got {value}")
-
-
 def _exit_status(rows: list[dict], unavailable_counts: bool = True) -> int:
     """0 when every row is ok; 1 when a row failed (or, if it counts, is unavailable)."""
     bad = {"failed", "unavailable"} if unavailable_counts else {"failed"}
@@ -169,12 +167,12 @@ def _log(msg: str) -> None:
 
 
 def _check_spec_numbers(epochs, seed, num_classes, opset) -> None:
-    _at_least("--epochs", epochs, 0)
-    _at_least("--seed", seed, 0)
-    _at_least("--num-classes", num_classes, 1)
-    _at_most("--num-classes", num_classes, 100_000)
-    _at_most("--seed", seed, 2**32 - 1)
-    _at_least("--opset", opset, 1)
+    at_least("--epochs", epochs, 0)
+    at_least("--seed", seed, 0)
+    at_least("--num-classes", num_classes, 1)
+    at_most("--num-classes", num_classes, 100_000)
+    at_most("--seed", seed, 2**32 - 1)
+    at_least("--opset", opset, 1)
 
 
 def _spec(
@@ -455,16 +453,7 @@ def run(
     num_classes: NumClassesOpt = None,
     norm: NormOpt = None,
     epochs: EpochsOpt = None,
-    targets: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--target",
-            "-t",
-            "--targets",
-            help="Target name(s), repeatable or comma-separated (default: all). "
-            "--targets is the old spelling.",
-        ),
-    ] = None,
+    targets: AllTargets = None,
     target_file: TargetFiles = None,
     threads: Threads = None,
     quick: Quick = False,
@@ -612,7 +601,7 @@ def infer(
 
     for w in check_threads(threads):
         _log(f"warning: {w}")
-    _at_least("--top-k", top_k, 1)
+    at_least("--top-k", top_k, 1)
     res = do_infer(artifact, input, top_k=top_k, threads=threads, resize=resize)
     for note in res["notes"]:
         _log(f"note: {note}")
@@ -721,9 +710,9 @@ def train_cmd(
     and OUT/curves.png. Multi-GPU: torchrun --nproc_per_node=N -m edgekit train ..."""
     from edgekit.train import make_config, train
 
-    _at_least("--epochs", epochs, 0)
-    _at_least("--batch-size", batch_size, 1)
-    _at_least("--seed", seed, 0)
+    at_least("--epochs", epochs, 0)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--seed", seed, 0)
     if not 0 <= val_fraction < 1:  # NaN too
         raise EdgekitError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if out_dir.exists() and not out_dir.is_dir():
@@ -891,16 +880,7 @@ def sweep_cmd(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     epochs: EpochsOpt = None,
-    targets: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--target",
-            "-t",
-            "--targets",
-            help="Target name(s), repeatable or comma-separated (default: all). "
-            "--targets is the old spelling.",
-        ),
-    ] = None,
+    targets: AllTargets = None,
     target_file: TargetFiles = None,
     importance: Annotated[str, typer.Option("--importance")] = "l2",
     round_to: Annotated[int, typer.Option("--round-to")] = 8,
@@ -1151,8 +1131,8 @@ def sensitivity(
     from edgekit.sensitivity import check_sensitivity_target, format_table, run_sensitivity
     from edgekit.targets import get_target
 
-    _at_least("--images", images, 10)
-    _at_least("--top", top, 1)
+    at_least("--images", images, 10)
+    at_least("--top", top, 1)
     t = get_target(target, target_file)
     check_sensitivity_target(t)  # not quantized: say so before any work
     ws = Workspace(work_dir)

@@ -23,3 +23,23 @@ class EdgekitError(Exception):
 
 class UnavailableError(EdgekitError):
     """A target's backend, runtime or hardware is missing on this machine."""
+
+
+def at_least(option: str, value, low) -> None:
+    """Refuse ``value`` below ``low`` with one error line, before any heavy work.
+
+    Raises:
+        EdgekitError: ``value < low`` (``None`` passes: the option was not given).
+    """
+    if value is not None and value < low:
+        raise EdgekitError(f"{option} must be at least {low}, got {value}")
+
+
+def at_most(option: str, value, high) -> None:
+    """Refuse ``value`` above ``high`` with one error line, before any heavy work.
+
+    Raises:
+        EdgekitError: ``value > high`` (``None`` passes: the option was not given).
+    """
+    if value is not None and value > high:
+        raise EdgekitError(f"{option} must be at most {high}, got {value}")
