@@ -138,7 +138,8 @@ def part_r18(work: Path, sensitivity: bool) -> dict:
     return out
 
 
-def part_qat(work: Path, epochs: float, steps: int | None, lr: float) -> dict:
+def part_qat(work: Path, epochs: float, steps: int | None, lr: float | None,
+             reduce_range: bool = True, seed: int = 0) -> dict:  # fmt: skip
     from edgekit.accuracy_control import latency_ratios
     from edgekit.pipeline import build_context, load_workspace_dataset
     from edgekit.qat import TARGET, QatConfig, run_qat
@@ -151,7 +152,9 @@ def part_qat(work: Path, epochs: float, steps: int | None, lr: float) -> dict:
     fp32 = test_top1(ws.onnx, ds.test, ctx.preprocess)
     ptq = test_top1(ptq_path, ds.test, ctx.preprocess)
     log(f"ResNet-20 test top-1: FP32 {fp32:.2f}%, PTQ {ptq:.2f}%")
-    cfg = QatConfig(epochs=epochs, steps=steps, lr=lr)
+    cfg = QatConfig(epochs=epochs, steps=steps, reduce_range=reduce_range, seed=seed)
+    if lr is not None:
+        cfg.lr = lr
     m = run_qat(ws, ctx, ds.test, cfg, force=True, log=log)
     q = m["quantization"]["qat"]
     qat_path = ws.artifact_dir(TARGET) / "model.onnx"
@@ -166,6 +169,7 @@ def part_qat(work: Path, epochs: float, steps: int | None, lr: float) -> dict:
         "qat_ort_minus_torch": round(q["ort_top1"] - q["torch_top1"], 4),
         "qat_minus_ptq": round(q["ort_top1"] - ptq, 4),
         "agreement": q["agreement"],
+        "isa_record": m["isa"],
         "training": q["training"],
         "config": q["config"],
         "latency_ratio_qat_over_ptq": lat[1],
@@ -180,7 +184,9 @@ def main() -> int:
     ap.add_argument("--sensitivity", action="store_true", help="Also the ResNet-18 table/plot.")
     ap.add_argument("--qat-epochs", type=float, default=2.0)
     ap.add_argument("--qat-steps", type=int, default=None)
-    ap.add_argument("--qat-lr", type=float, default=0.001)
+    ap.add_argument("--qat-lr", type=float, default=None, help="Default: QatConfig's.")
+    ap.add_argument("--qat-seed", type=int, default=0, help="Batch order/augmentation seed.")
+    ap.add_argument("--qat-full-range", action="store_true", help="8-bit weights (need VNNI).")
     a = ap.parse_args()
     import torch
 
@@ -193,7 +199,9 @@ def main() -> int:
     if a.part in ("all", "r18"):
         res["r18"] = part_r18(a.work_dir, a.sensitivity)
     if a.part in ("all", "qat"):
-        res["qat"] = part_qat(a.work_dir, a.qat_epochs, a.qat_steps, a.qat_lr)
+        res["qat"] = part_qat(
+            a.work_dir, a.qat_epochs, a.qat_steps, a.qat_lr, not a.qat_full_range, a.qat_seed
+        )
     out = a.work_dir / "quantization_control.json"
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

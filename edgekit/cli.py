@@ -1153,20 +1153,32 @@ def qat(
     steps: Annotated[
         int | None, typer.Option("--steps", help="At most this many optimizer steps.")
     ] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (SGD).")] = 0.001,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Peak learning rate (SGD, cosine decay to 0).")
+    ] = 1e-4,
     batch: Annotated[int, typer.Option("--batch", help="Training batch size.")] = 128,
+    reduce_range: Annotated[
+        bool,
+        typer.Option(
+            "--reduce-range/--full-range",
+            help="7-bit weights, safe on every x86 CPU (default), or full 8-bit weights, "
+            "which need VNNI (AVX-512 VNNI or AVX-VNNI) to keep their top-1.",
+        ),
+    ] = True,
     device: DeviceOpt = None,
     force: Force = False,
     model: TrustModel = None,
 ):
     """Quantization-aware training of the work directory's model (FX fake quantization:
-    per-channel symmetric INT8 weights, per-tensor UINT8 activations), exported as a Q/DQ
-    ONNX into WORK/artifacts/ort-cpu-int8-qat."""
+    per-channel symmetric INT8 weights, 7-bit by default like ort-cpu-int8, per-tensor
+    UINT8 activations), exported as a Q/DQ ONNX into WORK/artifacts/ort-cpu-int8-qat."""
     from edgekit.pipeline import Workspace, build_context, load_workspace_dataset
     from edgekit.qat import QatConfig, run_qat
 
     _trust(model)
-    cfg = QatConfig(epochs=epochs, steps=steps, lr=lr, batch=batch, device=device)
+    cfg = QatConfig(
+        epochs=epochs, steps=steps, lr=lr, batch=batch, device=device, reduce_range=reduce_range
+    )
     cfg.check()
     ws = Workspace(work_dir)
     ds = load_workspace_dataset(ws.record())

@@ -13,7 +13,8 @@ torchao's PT2E, still shipped and working):
 1. BatchNorm is folded into the preceding convolution (``fuse_fx`` in eval mode,
    the BN statistics of the trained model), so the exported graph is Conv(+bias)+Relu,
    as ONNX Runtime's quantizer sees it; Conv+ReLU are fused so the ReLU output, not
-   the Conv output, carries the activation quantizer.
+   the Conv output, carries the activation quantizer. BN statistics are thus frozen
+   from the first step (``freeze_bn_stats`` has nothing left to freeze).
 2. ``prepare_qat_fx`` inserts ``FakeQuantize`` modules (weights:
    ``MovingAveragePerChannelMinMaxObserver``, ``per_channel_symmetric``, qint8;
    activations: ``MovingAverageMinMaxObserver``, ``per_tensor_affine``, quint8
@@ -21,14 +22,21 @@ torchao's PT2E, still shipped and working):
    fine-tuned with SGD (straight-through estimator through the rounding; Jacob et al.,
    CVPR 2018, "Quantization and Training of Neural Networks for Efficient
    Integer-Arithmetic-Only Inference").
-3. Observers are frozen, and ``torch.onnx.export`` (the TorchScript exporter) maps each
-   ``fake_quantize_per_{tensor,channel}_affine`` to ``QuantizeLinear`` +
+3. The observers are frozen part-way through training (``observer_fraction``), and
+   ``torch.onnx.export`` (the TorchScript exporter) maps each ``fake_quantize_per_{tensor,channel}_affine`` to ``QuantizeLinear`` +
    ``DequantizeLinear``; per-tensor scales and zero points are made scalars
    (ONNX Runtime's fused QLinear kernels require it) and the weights are stored as
    INT8 initializers (:func:`fold_weight_quantizers`).
 
-Weights use the range -128..127 (the exporter accepts only full 8-bit ranges); with a
-symmetric scale ``max|w| / 127.5`` only the most negative weight can reach -128.
+Weights are 7-bit by default (``reduce_range``: fake quantization with quant_min -64,
+quant_max 63, scale ``max|w| / 63.5``), the scheme ``ort-cpu-int8`` deploys by default:
+no pair of weights can then exceed int16 in ``vpmaddubsw`` on an x86 CPU without VNNI,
+so the artifact has the same top-1 on every x86 CPU. ``reduce_range=False`` trains
+full-range 8-bit weights (-128..127), which rely on VNNI; either way the manifest's
+``isa`` record is computed from the exported weights (:func:`edgekit.isa.isa_record`,
+:func:`edgekit.saturation.risky_weight_pairs`), as ``ort-cpu-int8`` builds do. The
+TorchScript exporter accepts only full 8-bit ranges, so a 7-bit quantizer is exported
+as the equivalent -128..127 one (:func:`widen_weight_ranges`).
 TensorRT consumes Q/DQ ONNX too, but expects symmetric activations: unverified here.
 """
 
@@ -57,21 +65,32 @@ class QatConfig:
         epochs: passes over the training split (fractions allowed), in (0, 100].
         steps: at most this many optimizer steps (None: ``epochs`` decides).
         lr: peak learning rate of SGD (momentum 0.9, cosine decay to 0), in (0, 10].
+            1e-4 is the fine-tuning rate of torchvision's QAT reference recipe.
         batch: training batch size, 1..4096.
         device: ``auto|cpu|cuda|cuda:N`` (:func:`edgekit.device.resolve_device`).
-        weight_decay: L2 on the weights.
+        weight_decay: L2 on the weights; 0 by default, because after BN folding the
+            convolution weights are no longer scale-invariant and decay would shrink
+            the outputs.
         seed: seed of the batch order and the augmentation.
         init_per_class: calibration images per class that initialise the observers.
+        reduce_range: 7-bit weights (-64..63), as ``ort-cpu-int8`` deploys by default,
+            so no weight pair can saturate int16 on an x86 CPU without VNNI
+            (:mod:`edgekit.isa`); False: full-range 8-bit weights, which rely on VNNI.
+        observer_fraction: the observers update during this first fraction of the
+            steps, then are frozen (``disable_observer``) so the last part trains with
+            the scales that are exported; in [0, 1].
     """
 
     epochs: float = 2.0
     steps: int | None = None
-    lr: float = 0.001
+    lr: float = 1e-4
     batch: int = 128
     device: str | None = None
-    weight_decay: float = 5e-4
+    weight_decay: float = 0.0
     seed: int = 0
     init_per_class: int = 32
+    reduce_range: bool = True
+    observer_fraction: float = 0.5
 
     def check(self) -> None:
         """Raises EdgekitError for a value out of range (before any heavy work)."""
@@ -87,10 +106,22 @@ class QatConfig:
             bad("--lr", self.lr, "(0, 10]")
         if not (isinstance(self.batch, int) and 1 <= self.batch <= 4096):
             bad("--batch", self.batch, "1..4096")
+        f = self.observer_fraction
+        if not (isinstance(f, (int, float)) and 0 <= f <= 1):
+            bad("observer_fraction", f, "[0, 1]")
 
 
-def qconfig_mapping():
-    """The QConfigMapping of the deployed ``ort-cpu-int8`` scheme (see the module doc)."""
+#: Symmetric weight range: 7-bit with ``reduce_range`` (as ONNX Runtime's quantizer and
+#: torch's observers reduce it), else full 8-bit.
+WEIGHT_RANGE = {True: (-64, 63), False: (-128, 127)}
+
+
+def qconfig_mapping(reduce_range: bool = True):
+    """The QConfigMapping of the deployed ``ort-cpu-int8`` scheme (see the module doc).
+
+    Args:
+        reduce_range: 7-bit weights (quant_min -64, quant_max 63), else -128..127.
+    """
     import torch
     from torch.ao.quantization import (
         FakeQuantize,
@@ -107,10 +138,11 @@ def qconfig_mapping():
         dtype=torch.quint8,
         qscheme=torch.per_tensor_affine,
     )
+    qmin, qmax = WEIGHT_RANGE[bool(reduce_range)]
     weight = FakeQuantize.with_args(
         observer=MovingAveragePerChannelMinMaxObserver,
-        quant_min=-128,
-        quant_max=127,
+        quant_min=qmin,
+        quant_max=qmax,
         dtype=torch.qint8,
         qscheme=torch.per_channel_symmetric,
         ch_axis=0,
@@ -126,12 +158,13 @@ def _quiet():
         yield
 
 
-def prepare(model, example):
+def prepare(model, example, reduce_range: bool = True):
     """BN-folded, fake-quantized FX copy of ``model`` (in train mode).
 
     Args:
         model: a float ``nn.Module`` (eval mode: BN statistics are folded as they are).
         example: float32 [N, C, H, W] example input (a tensor).
+        reduce_range: 7-bit weights (see :func:`qconfig_mapping`).
 
     Raises:
         EdgekitError: the model cannot be traced by torch.fx.
@@ -142,7 +175,7 @@ def prepare(model, example):
     try:
         with _quiet():
             fused = fuse_fx(model)
-            return prepare_qat_fx(fused.train(), qconfig_mapping(), (example,))
+            return prepare_qat_fx(fused.train(), qconfig_mapping(reduce_range), (example,))
     except Exception as e:  # symbolic tracing fails on data-dependent control flow
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise EdgekitError(
@@ -157,6 +190,40 @@ def freeze(qmodel) -> None:
 
     qmodel.apply(disable_observer)
     qmodel.eval()
+
+
+def widen_weight_ranges(qmodel) -> int:
+    """Make each reduced-range weight quantizer exportable (in place); return how many.
+
+    The TorchScript exporter accepts only the full ranges -128..127 and 0..255. A
+    symmetric quantizer with range ``qmin..qmax`` and scale ``s`` gives the same output
+    as the -128..127 one with the same scale once the float weight is clamped to
+    ``[qmin * s, qmax * s]``; so the weight is clamped per output channel and the range
+    widened, and the exported INT8 weights still lie in ``qmin..qmax``. Call after
+    :func:`freeze` (the scales must no longer move).
+    """
+    import torch
+
+    count = 0
+    for mod in qmodel.modules():
+        fq = getattr(mod, "weight_fake_quant", None)
+        w = getattr(mod, "weight", None)
+        if fq is None or w is None or (fq.quant_min, fq.quant_max) == (-128, 127):
+            continue
+        if fq.qscheme not in (torch.per_channel_symmetric, torch.per_tensor_symmetric):
+            raise EdgekitError("QAT: only symmetric weight quantizers can be exported")
+        shape = [1] * w.dim()
+        if fq.scale.numel() > 1:
+            shape[fq.ch_axis] = fq.scale.numel()
+        s = fq.scale.detach().reshape(shape).to(w.device, w.dtype)
+        with torch.no_grad():
+            w.copy_(torch.minimum(torch.maximum(w, s * fq.quant_min), s * fq.quant_max))
+        fq.quant_min, fq.quant_max = -128, 127
+        if hasattr(fq, "activation_post_process"):
+            fq.activation_post_process.quant_min = -128
+            fq.activation_post_process.quant_max = 127
+        count += 1
+    return count
 
 
 def scalar_qparams(model) -> int:
@@ -267,6 +334,7 @@ def export_qdq(qmodel, example, path: Path) -> dict:
 
     freeze(qmodel)
     qmodel = qmodel.cpu()
+    widen_weight_ranges(qmodel)
     tmp = Path(path).with_suffix(".raw.onnx")
     with _quiet(), torch.no_grad():
         torch.onnx.export(
@@ -298,10 +366,16 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None) -> di
     """SGD fine-tuning of the fake-quantized model on uint8 [N, H, W, 3] images.
 
     Augmentation: random crop (padding 4) and horizontal flip
-    (:func:`edgekit.augment.random_crop_flip`); cross-entropy; cosine learning rate.
+    (:func:`edgekit.augment.random_crop_flip`), as the CIFAR models were trained;
+    cross-entropy without label smoothing; cosine learning rate from ``cfg.lr`` to 0.
+    The observers are frozen after ``cfg.observer_fraction`` of the steps (torchvision's
+    QAT reference recipe freezes them part-way too). BatchNorm is already folded into
+    the convolutions with the pretrained statistics (:func:`prepare`), which is
+    ``freeze_bn_stats`` from the first step.
 
     Returns:
-        ``{"steps", "epochs", "seconds", "seconds_per_step", "loss_first", "loss_last"}``.
+        ``{"steps", "epochs", "seconds", "seconds_per_step", "loss_first", "loss_last",
+        "observers_frozen_at"}``.
     """
     import torch
     import torch.nn.functional as F
@@ -320,7 +394,10 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None) -> di
     )
     mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=device)
     std = torch.tensor(preprocess.std, dtype=torch.float32, device=device)
+    from torch.ao.quantization import disable_observer
+
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    frozen_at = int(round(cfg.observer_fraction * total))
     qmodel.train()
     losses, t0, step = [], time.perf_counter(), 0
     while step < total:
@@ -328,6 +405,8 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None) -> di
         for i in range(0, n - cfg.batch + 1, cfg.batch):
             if step >= total:
                 break
+            if step == frozen_at:
+                qmodel.apply(disable_observer)
             idx = np.sort(order[i : i + cfg.batch])
             xb = torch.from_numpy(split.x[idx]).to(device).permute(0, 3, 1, 2)
             xb = random_crop_flip(xb, 4, True, gen)
@@ -352,6 +431,7 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None) -> di
         "seconds_per_step": round(secs / max(1, step), 4),
         "loss_first": round(float(np.mean(losses[:20])), 4) if losses else None,
         "loss_last": round(float(np.mean(losses[-20:])), 4) if losses else None,
+        "observers_frozen_at": frozen_at,
     }
 
 
@@ -394,7 +474,7 @@ def ort_top1(path: Path, split, preprocess, batch: int = 250) -> tuple[float, np
     return float((p == split.y).mean() * 100), p
 
 
-def qat_target():
+def qat_target(reduce_range: bool = True):
     """The :class:`Target` recorded in the artifact's manifest."""
     from edgekit.backends import get_backend
     from edgekit.targets import Target
@@ -402,7 +482,7 @@ def qat_target():
     opts = get_backend("onnxruntime").resolve_options(
         "int8",
         {"quant_format": "QDQ", "per_channel": True, "activation_type": "QUInt8",
-         "weight_type": "QInt8", "strip_names": False},
+         "weight_type": "QInt8", "strip_names": False, "reduce_range": bool(reduce_range)},
         TARGET,
     )  # fmt: skip
     return Target(
@@ -434,7 +514,9 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
     from edgekit.build import source_record
     from edgekit.device import resolve_device
     from edgekit.fileio import atomic_dir
+    from edgekit.isa import isa_record
     from edgekit.manifest import make_manifest, write_manifest
+    from edgekit.saturation import risky_weight_pairs
 
     cfg.check()
     out = ws.artifact_dir(TARGET)
@@ -444,7 +526,7 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
     xc, _, calib = ctx.calibration_for(TARGET, cfg.init_per_class)
     model = ctx.torch_model()
     example = torch.from_numpy(xc[:2])
-    q = prepare(model, example).to(device)
+    q = prepare(model, example, cfg.reduce_range).to(device)
     init_observers(q, xc, device)
     log and log(f"QAT: {cfg.epochs} epoch(s) at most {cfg.steps or '-'} steps on {device}")
     with _quiet():
@@ -455,11 +537,13 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
     with atomic_dir(out, force=force) as tmp:
         t0 = time.perf_counter()
         qrec = export_qdq(q, example, tmp / "model.onnx")
+        risky = risky_weight_pairs(tmp / "model.onnx")["risky"]
         o_top1, o_pred = ort_top1(tmp / "model.onnx", test_split, ctx.preprocess)
         qrec.update(
             {
                 "method": "FX QAT (torch.ao.quantization.quantize_fx), BN folded, STE",
-                "weights": "int8 per-channel symmetric",
+                "weights": "int8 per-channel symmetric, "
+                + ("7-bit (-64..63, reduce_range)" if cfg.reduce_range else "full 8-bit"),
                 "activations": "uint8 per-tensor affine",
                 "config": asdict(cfg),
                 "training": hist,
@@ -470,7 +554,7 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
             }
         )
         calib = {**calib, "method": "QAT observers (moving-average min/max), then fine-tuned"}
-        target = qat_target()
+        target = qat_target(cfg.reduce_range)
         manifest = make_manifest(
             target=target.to_dict(),
             artifact="model.onnx",
@@ -482,6 +566,7 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
             calibration=calib,
             extra={
                 "quantization": {"tool": "edgekit.qat", "fp32_nodes": [], "qat": qrec},
+                "isa": isa_record(target.options, risky),
                 "build_seconds": round(hist["seconds"] + time.perf_counter() - t0, 3),
             },
         )

@@ -64,6 +64,16 @@ def test_qat_exports_a_qdq_onnx_that_matches_the_fake_quantized_model(qat_ws):
         for t in model.graph.initializer
         if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2
     ]
+    # 7-bit weights by default (reduce_range, as ort-cpu-int8 deploys): no int8 weight
+    # pair can saturate int16 on a CPU without VNNI, and the manifest says so
+    w = np.concatenate([onnx.numpy_helper.to_array(t).ravel() for t in int8])
+    assert w.min() >= -64 and w.max() <= 63 and np.abs(w).max() >= 60
+    assert m["options"]["reduce_range"] is True
+    assert m["isa"]["saturation_safe"] is True and m["isa"]["requires"] is None
+    assert m["isa"]["risky_weight_pairs"] == 0 and m["isa"]["kernel"] == "U8S8"
+    from edgekit.isa import isa_problem
+
+    assert isa_problem(m, isa={"vnni": False}, x86=True) is None
     axis = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.attribute]
     assert axis, "weights are quantized per channel (DequantizeLinear with an axis)"
     runner, _ = open_artifact(out, threads=1)
@@ -92,3 +102,59 @@ def test_cli_qat_bad_input_is_one_line(tmp_path):
         timeout=300,
     )
     assert r.returncode == 2 and "--epochs" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_qat_full_range_weights_are_recorded_as_needing_vnni(qat_ws):
+    """--full-range: 8-bit weights, and the manifest's isa record (computed from the
+    exported weights, as ort-cpu-int8 does) says the artifact relies on VNNI."""
+    from edgekit.isa import isa_problem
+    from edgekit.pipeline import build_context, load_workspace_dataset
+    from edgekit.qat import TARGET, QatConfig, run_qat
+
+    ds = load_workspace_dataset(qat_ws.record())
+    cfg = QatConfig(epochs=1, steps=1, batch=16, init_per_class=2, reduce_range=False)
+    m = run_qat(qat_ws, build_context(qat_ws, ds), ds.test, cfg)
+    model = onnx.load(str(qat_ws.artifact_dir(TARGET) / "model.onnx"))
+    w = np.concatenate(
+        [
+            onnx.numpy_helper.to_array(t).ravel()
+            for t in model.graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2
+        ]
+    )
+    assert np.abs(w.astype(int)).max() >= 127
+    assert m["options"]["reduce_range"] is False
+    assert m["isa"]["risky_weight_pairs"] > 0
+    assert m["isa"]["requires"] == "vnni" and m["isa"]["saturation_safe"] is False
+    assert "VNNI" in isa_problem(m, isa={"vnni": False}, x86=True)
+    assert isa_problem(m, isa={"vnni": True}, x86=True) is None
+
+
+def test_widened_weight_quantizer_gives_the_same_weights():
+    """The exporter takes only -128..127: a 7-bit quantizer is widened after clamping
+    the float weight, which must leave the fake-quantized weight unchanged."""
+    import torch
+
+    from edgekit.qat import freeze, prepare, widen_weight_ranges
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    x = torch.randn(4, 3, 8, 8)
+    q = prepare(net, x)
+    q(x)  # observe
+    freeze(q)
+    convs = [m for m in q.modules() if hasattr(m, "weight_fake_quant")]
+    with torch.no_grad():
+        for c in convs:  # push weights beyond the 7-bit range the scale was set for
+            c.weight.mul_(1.5)
+    before = [c.weight_fake_quant(c.weight).detach().clone() for c in convs]
+    y0 = q(x).detach()
+    assert widen_weight_ranges(q) == len(convs) == 2
+    for c, b in zip(convs, before, strict=True):
+        assert (c.weight_fake_quant.quant_min, c.weight_fake_quant.quant_max) == (-128, 127)
+        after = c.weight_fake_quant(c.weight)
+        assert torch.equal(after, b)
+        k = torch.round(after / c.weight_fake_quant.scale.reshape(-1, 1, 1, 1))
+        assert k.min() >= -64 and k.max() <= 63
+    assert torch.equal(q(x), y0)
+    assert widen_weight_ranges(q) == 0  # already full range
