@@ -433,3 +433,52 @@ def test_report_json_records_the_cap_and_the_load(tmp_path):
     assert d["config"]["accuracy_images"] == 30 and d["rows"][0]["accuracy_images"] == 30
     assert set(d["environment"]["load"]) == {"start", "end"}
     assert "first 30 test images" in _render(d["rows"])
+
+
+def test_cli_table_in_a_real_pty_at_120_columns(tmp_path):
+    """The issue's bar as a user sees it: a terminal (a pty) 120 columns wide."""
+    import pty
+    import re
+    import select
+
+    rows = _rows()
+    path = write_report(
+        tmp_path / "r.json", rows, {"host": "h", "time": "2026-11-28T10:00:00Z"}, {}
+    )
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "LINES": "50", "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit", "report", str(path), "-o", str(tmp_path / "o")],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        close_fds=True,
+    )
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 120)
+            if not ready:
+                break
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        proc.wait(timeout=120)
+        os.close(master)
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    lines = [line.rstrip("\r") for line in out.splitlines()]
+    assert proc.returncode == 1, out  # the failed row
+    table = [line for line in lines if "ms" in line or "│" in line or "ok" in line]
+    assert table and max(len(line) for line in lines) <= 120, out
+    assert "…" not in out
+    for r in rows:
+        if r["status"] != "unavailable":
+            assert any(r["target"] in line for line in lines), r["target"]
+    assert "1115.2" in out
