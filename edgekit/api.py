@@ -308,7 +308,7 @@ def export(
         model, dataset, data_dir, weights, num_classes, normalization, epochs, seed, device
     )
     spec.exporter, spec.simplify, spec.opset = exporter, simplify, opset
-    _check_numbers(epochs=epochs, seed=seed, num_classes=num_classes, opset=opset)
+    check_numbers(epochs=epochs, seed=seed, num_classes=num_classes, opset=opset)
     assert isinstance(spec, ModelSpec)
     ws = prepare(spec, Path(work_dir), force=force, log=log, show_progress=show_progress)
     rec = ws.record()
@@ -323,7 +323,13 @@ def export(
     )
 
 
-def _check_numbers(epochs=None, seed=None, num_classes=None, opset=None) -> None:
+def check_numbers(epochs=None, seed=None, num_classes=None, opset=None) -> None:
+    """Refuse out-of-range ``--epochs``, ``--seed``, ``--num-classes`` and ``--opset``
+    before any work (``None``: not given).
+
+    Raises:
+        EdgekitError: a number out of its range, naming the option.
+    """
     at_least("--epochs", epochs, 0)
     at_least("--seed", seed, 0)
     at_least("--num-classes", num_classes, 1)
@@ -690,7 +696,7 @@ def run(
 
     for w in check_threads(threads):
         log(f"warning: {w}")
-    _check_numbers(epochs=epochs, seed=seed, num_classes=num_classes, opset=opset)
+    check_numbers(epochs=epochs, seed=seed, num_classes=num_classes, opset=opset)
     names = target_names(targets)
     if names and "pytorch-fp32" not in names:
         names.insert(0, "pytorch-fp32")

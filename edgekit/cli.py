@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 import typer.core
 
-from edgekit.api import MAX_BATCH, MAX_MIN_DURATION_S, MAX_MIN_QUERIES  # noqa: F401
-from edgekit.errors import EdgekitError, at_least, at_most
+from edgekit.api import MAX_BATCH, MAX_MIN_DURATION_S, MAX_MIN_QUERIES, check_numbers  # noqa: F401
+from edgekit.errors import EdgekitError, at_least
 
 app = typer.Typer(
     name="edgekit",
@@ -167,12 +167,7 @@ def _log(msg: str) -> None:
 
 
 def _check_spec_numbers(epochs, seed, num_classes, opset) -> None:
-    at_least("--epochs", epochs, 0)
-    at_least("--seed", seed, 0)
-    at_least("--num-classes", num_classes, 1)
-    at_most("--num-classes", num_classes, 100_000)
-    at_most("--seed", seed, 2**32 - 1)
-    at_least("--opset", opset, 1)
+    check_numbers(epochs=epochs, seed=seed, num_classes=num_classes, opset=opset)
 
 
 def _spec(
