@@ -302,14 +302,23 @@ def export(
         EdgekitError: bad dataset, model, weights or numbers, an existing work
             directory without ``force``, or a failed export check.
     """
-    from edgekit.pipeline import ModelSpec, prepare
+    from edgekit.pipeline import prepare
 
     spec = _model_spec(
-        model, dataset, data_dir, weights, num_classes, normalization, epochs, seed, device
+        model,
+        dataset,
+        data_dir,
+        weights,
+        num_classes,
+        normalization,
+        epochs,
+        seed,
+        device,
+        exporter,
+        simplify,
+        opset,
     )
-    spec.exporter, spec.simplify, spec.opset = exporter, simplify, opset
     check_numbers(epochs=epochs, seed=seed, num_classes=num_classes, opset=opset)
-    assert isinstance(spec, ModelSpec)
     ws = prepare(spec, Path(work_dir), force=force, log=log, show_progress=show_progress)
     rec = ws.record()
     return ExportResult(
@@ -338,7 +347,22 @@ def check_numbers(epochs=None, seed=None, num_classes=None, opset=None) -> None:
     at_least("--opset", opset, 1)
 
 
-def _model_spec(model, dataset, data_dir, weights, num_classes, norm, epochs, seed, device):
+def _model_spec(
+    model,
+    dataset,
+    data_dir,
+    weights,
+    num_classes,
+    norm,
+    epochs,
+    seed,
+    device,
+    exporter: str = "dynamo",
+    simplify: bool = True,
+    opset: int = 18,
+):
+    """The :class:`edgekit.pipeline.ModelSpec` of export/run/sweep/prune (a named model
+    or an in-memory ``nn.Module``)."""
     from edgekit.pipeline import ModelSpec
 
     named = model is None or isinstance(model, str)
@@ -351,6 +375,9 @@ def _model_spec(model, dataset, data_dir, weights, num_classes, norm, epochs, se
         num_classes=num_classes,
         normalization=norm,
         epochs=epochs,
+        exporter=exporter,
+        simplify=simplify,
+        opset=opset,
         seed=seed,
         device=device,
     )
@@ -706,9 +733,19 @@ def run(
             f"--prune-ratio must be in [0, 1), got {prune_ratio}", "e.g. --prune-ratio 0.5"
         )
     spec = _model_spec(
-        model, dataset, data_dir, weights, num_classes, normalization, epochs, seed, device
+        model,
+        dataset,
+        data_dir,
+        weights,
+        num_classes,
+        normalization,
+        epochs,
+        seed,
+        device,
+        exporter,
+        simplify,
+        opset,
     )
-    spec.exporter, spec.simplify, spec.opset = exporter, simplify, opset
     spec.prune_ratio = prune_ratio
     spec.prune_options = dict(prune_options or {})
     cfg = measure_options(config or bench_config(quick), accuracy_images, rounds)

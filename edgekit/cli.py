@@ -185,22 +185,22 @@ def _spec(
     device=None,
 ):
     """The :class:`edgekit.pipeline.ModelSpec` of export/run/sweep, its numbers checked first."""
-    from edgekit.pipeline import ModelSpec
+    from edgekit.api import _model_spec
 
     _check_spec_numbers(epochs, seed, num_classes, opset)
-    return ModelSpec(
-        dataset=dataset,
-        data_dir=str(data_dir) if data_dir else None,
-        model=model,
-        weights=str(weights) if weights else None,
-        num_classes=num_classes,
-        normalization=norm,
-        epochs=epochs,
-        exporter=exporter,
-        simplify=simplify,
-        opset=opset,
-        seed=seed,
-        device=device,
+    return _model_spec(
+        model,
+        dataset,
+        data_dir,
+        weights,
+        num_classes,
+        norm,
+        epochs,
+        seed,
+        device,
+        exporter,
+        simplify,
+        opset,
     )
 
 

@@ -45,6 +45,34 @@ def preprocess_onnx(onnx_path: Path, out_path: Path) -> Path:
     return out_path
 
 
+def quant_pre_process_checked(
+    onnx_path: Path, out_path: Path, *, optimize: bool = True, where: str = ""
+) -> Path:
+    """``quant_pre_process`` with symbolic shape inference, as ``ort-cpu-int8`` runs it
+    (its node names are those ``nodes_to_exclude`` and the sensitivity report use).
+
+    Args:
+        optimize: the target's ``pre_process_optimize`` (False: ``skip_optimization``).
+        where: the target name, for the error.
+
+    Raises:
+        EdgekitError: shape inference or optimization failed on the graph.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(
+            str(onnx_path), str(out_path), skip_optimization=not optimize, skip_symbolic_shape=False
+        )
+    except Exception as e:  # symbolic shape inference fails on some graphs
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EdgekitError(
+            f"{where}: quant_pre_process failed on {onnx_path}: {first}",
+            "check the ONNX export (edgekit export) or simplify the model",
+        ) from None
+    return out_path
+
+
 class _Reader:
     """An ``onnxruntime.quantization.CalibrationDataReader`` over host batches."""
 

@@ -48,24 +48,21 @@ def op_types_of(opts: dict) -> set[str]:
     return set(opts["op_types_to_quantize"]) or (set(QDQRegistry) | set(QLinearOpsRegistry))
 
 
-def pre_processed(onnx_path: Path, out: Path, optimize: bool = True):
+def pre_processed(onnx_path: Path, out: Path, optimize: bool = True, where: str = ""):
     """``quant_pre_process`` of the FP32 model, as ``build_int8`` runs it (same node names;
     ``optimize`` is the target's ``pre_process_optimize``).
 
     Returns:
         The loaded ``onnx.ModelProto``.
+
+    Raises:
+        EdgekitError: as :func:`edgekit.qdq.quant_pre_process_checked`.
     """
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(
-            str(onnx_path), str(out), skip_optimization=not optimize, skip_symbolic_shape=False
-        )
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EdgekitError(f"quant_pre_process failed on {onnx_path}: {first}") from None
-    return onnx.load(str(out))
+    from edgekit.qdq import quant_pre_process_checked
+
+    return onnx.load(str(quant_pre_process_checked(onnx_path, out, optimize=optimize, where=where)))
 
 
 def ort_quantizer(ctx, opts: dict, where: str, build_int8, cache: Path):
@@ -120,7 +117,7 @@ def build_with_max_drop(ctx, opts: dict, out_dir: Path, where: str, build_int8):
     with temp_work() as td:
         td = Path(td)
         model = pre_processed(
-            ctx.onnx_path, td / "pre.onnx", opts.get("pre_process_optimize", True)
+            ctx.onnx_path, td / "pre.onnx", opts.get("pre_process_optimize", True), where
         )
         types = op_types_of(opts)
         cands = candidate_nodes(model, types)
@@ -192,7 +189,7 @@ def sensitivity_report(ctx, opts: dict, where: str, build_int8, images: int, log
     with temp_work() as td:
         td = Path(td)
         model = pre_processed(
-            ctx.onnx_path, td / "pre.onnx", opts.get("pre_process_optimize", True)
+            ctx.onnx_path, td / "pre.onnx", opts.get("pre_process_optimize", True), where
         )
         types = op_types_of(opts)
         user = list(opts["nodes_to_exclude"])

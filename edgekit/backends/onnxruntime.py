@@ -491,7 +491,8 @@ def build_int8(
         quantize_static,
     )
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgekit.qdq import quant_pre_process_checked
 
     mapped = check_int8_options(opts, where)
     methods = {
@@ -525,20 +526,9 @@ def build_int8(
             self.i = 0
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ortq-") as td:
-        pre = Path(td) / "pre.onnx"
-        try:
-            quant_pre_process(
-                str(ctx.onnx_path),
-                str(pre),
-                skip_optimization=not opts["pre_process_optimize"],
-                skip_symbolic_shape=False,
-            )
-        except Exception as e:  # symbolic shape inference fails on some graphs
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise EdgekitError(
-                f"{where}: quant_pre_process failed on {ctx.onnx_path}: {first}",
-                "check the ONNX export (edgekit export) or simplify the model",
-            ) from None
+        pre = quant_pre_process_checked(
+            ctx.onnx_path, Path(td) / "pre.onnx", optimize=opts["pre_process_optimize"], where=where
+        )
         model = onnx.load(str(pre))
         names = {n.name for n in model.graph.node}
         bad = [n for n in opts["nodes_to_exclude"] if n not in names]
