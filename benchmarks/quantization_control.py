@@ -139,7 +139,7 @@ def part_r18(work: Path, sensitivity: bool) -> dict:
 
 
 def part_qat(work: Path, epochs: float, steps: int | None, lr: float | None,
-             reduce_range: bool = True, seed: int = 0) -> dict:  # fmt: skip
+             reduce_range: bool = True, seed: int = 0, distill: float = 0.0) -> dict:  # fmt: skip
     from edgekit.accuracy_control import latency_ratios
     from edgekit.pipeline import build_context, load_workspace_dataset
     from edgekit.qat import TARGET, QatConfig, run_qat
@@ -152,7 +152,9 @@ def part_qat(work: Path, epochs: float, steps: int | None, lr: float | None,
     fp32 = test_top1(ws.onnx, ds.test, ctx.preprocess)
     ptq = test_top1(ptq_path, ds.test, ctx.preprocess)
     log(f"ResNet-20 test top-1: FP32 {fp32:.2f}%, PTQ {ptq:.2f}%")
-    cfg = QatConfig(epochs=epochs, steps=steps, reduce_range=reduce_range, seed=seed)
+    cfg = QatConfig(
+        epochs=epochs, steps=steps, reduce_range=reduce_range, seed=seed, distill=distill
+    )
     if lr is not None:
         cfg.lr = lr
     m = run_qat(ws, ctx, ds.test, cfg, force=True, log=log)
@@ -187,6 +189,7 @@ def main() -> int:
     ap.add_argument("--qat-lr", type=float, default=None, help="Default: QatConfig's.")
     ap.add_argument("--qat-seed", type=int, default=0, help="Batch order/augmentation seed.")
     ap.add_argument("--qat-full-range", action="store_true", help="8-bit weights (need VNNI).")
+    ap.add_argument("--qat-distill", type=float, default=0.0, help="KD weight from FP32.")
     a = ap.parse_args()
     import torch
 
@@ -200,7 +203,13 @@ def main() -> int:
         res["r18"] = part_r18(a.work_dir, a.sensitivity)
     if a.part in ("all", "qat"):
         res["qat"] = part_qat(
-            a.work_dir, a.qat_epochs, a.qat_steps, a.qat_lr, not a.qat_full_range, a.qat_seed
+            a.work_dir,
+            a.qat_epochs,
+            a.qat_steps,
+            a.qat_lr,
+            not a.qat_full_range,
+            a.qat_seed,
+            a.qat_distill,
         )
     out = a.work_dir / "quantization_control.json"
     out.write_text(json.dumps(res, indent=2))

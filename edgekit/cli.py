@@ -1160,6 +1160,17 @@ def qat(
             "which need VNNI (AVX-512 VNNI or AVX-VNNI) to keep their top-1.",
         ),
     ] = True,
+    distill: Annotated[
+        float,
+        typer.Option(
+            "--distill",
+            help="Weight alpha in [0, 1] of logits distillation from the FP32 model "
+            "(0: labels only).",
+        ),
+    ] = 0.0,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Distillation temperature.")
+    ] = 4.0,
     device: DeviceOpt = None,
     force: Force = False,
     model: TrustModel = None,
@@ -1172,7 +1183,14 @@ def qat(
 
     _trust(model)
     cfg = QatConfig(
-        epochs=epochs, steps=steps, lr=lr, batch=batch, device=device, reduce_range=reduce_range
+        epochs=epochs,
+        steps=steps,
+        lr=lr,
+        batch=batch,
+        device=device,
+        reduce_range=reduce_range,
+        distill=distill,
+        temperature=temperature,
     )
     cfg.check()
     ws = Workspace(work_dir)

@@ -76,6 +76,14 @@ class QatConfig:
         reduce_range: 7-bit weights (-64..63), as ``ort-cpu-int8`` deploys by default,
             so no weight pair can saturate int16 on an x86 CPU without VNNI
             (:mod:`edgekit.isa`); False: full-range 8-bit weights, which rely on VNNI.
+        distill: weight alpha in [0, 1] of logits distillation from the FP32 model
+            (Hinton et al. 2015, :func:`edgekit.train.kd_loss`, temperature
+            ``temperature``); 0 trains on the labels alone. A pretrained model already
+            fits its training labels (cross-entropy near 0.01 from the first step), so the
+            labels carry little signal about the quantization error; the FP32 teacher's
+            soft outputs do (QAT with distillation: Mishra & Marr 2018, "Apprentice";
+            Kim et al. 2019, "QKD").
+        temperature: distillation temperature T > 0.
         observer_fraction: the observers update during this first fraction of the
             steps, then are frozen (``disable_observer``) so the last part trains with
             the scales that are exported; in [0, 1].
@@ -91,6 +99,8 @@ class QatConfig:
     init_per_class: int = 32
     reduce_range: bool = True
     observer_fraction: float = 0.5
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def check(self) -> None:
         """Raises EdgekitError for a value out of range (before any heavy work)."""
@@ -109,6 +119,11 @@ class QatConfig:
         f = self.observer_fraction
         if not (isinstance(f, (int, float)) and 0 <= f <= 1):
             bad("observer_fraction", f, "[0, 1]")
+        if not (isinstance(self.distill, (int, float)) and 0 <= self.distill <= 1):
+            bad("--distill", self.distill, "[0, 1]")
+        t = self.temperature
+        if not (isinstance(t, (int, float)) and 0 < t <= 100):
+            bad("--temperature", t, "(0, 100]")
 
 
 #: Symmetric weight range: 7-bit with ``reduce_range`` (as ONNX Runtime's quantizer and
@@ -362,7 +377,7 @@ def export_qdq(qmodel, example, path: Path) -> dict:
     }
 
 
-def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None) -> dict:
+def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None, teacher=None) -> dict:
     """SGD fine-tuning of the fake-quantized model on uint8 [N, H, W, 3] images.
 
     Augmentation: random crop (padding 4) and horizontal flip
@@ -371,7 +386,8 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None) -> di
     The observers are frozen after ``cfg.observer_fraction`` of the steps (torchvision's
     QAT reference recipe freezes them part-way too). BatchNorm is already folded into
     the convolutions with the pretrained statistics (:func:`prepare`), which is
-    ``freeze_bn_stats`` from the first step.
+    ``freeze_bn_stats`` from the first step. With ``teacher`` (the FP32 model, eval
+    mode) and ``cfg.distill`` > 0, the loss is :func:`edgekit.train.kd_loss`.
 
     Returns:
         ``{"steps", "epochs", "seconds", "seconds_per_step", "loss_first", "loss_last",
@@ -381,6 +397,7 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None) -> di
     import torch.nn.functional as F
 
     from edgekit.augment import random_crop_flip
+    from edgekit.train import kd_loss
 
     n = len(split.y)
     per_epoch = max(1, n // cfg.batch)
@@ -412,7 +429,13 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None) -> di
             xb = random_crop_flip(xb, 4, True, gen)
             xb = (xb.float() / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
             yb = torch.from_numpy(np.asarray(split.y[idx], np.int64)).to(device)
-            loss = F.cross_entropy(qmodel(xb), yb)
+            out = qmodel(xb)
+            if teacher is not None and cfg.distill > 0:
+                with torch.no_grad():
+                    t_out = teacher(xb)
+                loss = kd_loss(out, t_out, yb, cfg.distill, cfg.temperature)
+            else:
+                loss = F.cross_entropy(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -526,11 +549,16 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
     xc, _, calib = ctx.calibration_for(TARGET, cfg.init_per_class)
     model = ctx.torch_model()
     example = torch.from_numpy(xc[:2])
+    teacher = None
+    if cfg.distill > 0:
+        import copy
+
+        teacher = copy.deepcopy(model).eval().to(device)
     q = prepare(model, example, cfg.reduce_range).to(device)
     init_observers(q, xc, device)
     log and log(f"QAT: {cfg.epochs} epoch(s) at most {cfg.steps or '-'} steps on {device}")
     with _quiet():
-        hist = fine_tune(q, ctx.calib_split, ctx.preprocess, cfg, device, log)
+        hist = fine_tune(q, ctx.calib_split, ctx.preprocess, cfg, device, log, teacher)
     freeze(q)
     with _quiet():
         t_top1, t_pred = torch_top1(q, test_split, ctx.preprocess, device)
