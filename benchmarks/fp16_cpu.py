@@ -111,7 +111,9 @@ def ratio(a: list, b: list) -> dict | None:
     return {"median": float(np.median(r)), "min": min(r), "max": max(r), "rounds": len(r)}
 
 
-def measure(model: str, weights: str | None, dataset: str, out: Path, rounds: int, log) -> dict:
+def measure(
+    model: str, weights: str | None, dataset: str, out: Path, rounds: int, log, images=None
+) -> dict:
     import edgekit
 
     tfile = write_fp16_target(out)
@@ -130,6 +132,7 @@ def measure(model: str, weights: str | None, dataset: str, out: Path, rounds: in
         rounds=rounds,
         baseline=False,
         accuracy=weights is not None,
+        accuracy_images=images,
         log=log,
     )
     rows = {r["target"]: r for r in res.rows}
@@ -137,6 +140,7 @@ def measure(model: str, weights: str | None, dataset: str, out: Path, rounds: in
     return {
         "model": model,
         "weights": weights or "random",
+        "accuracy_images": images or "all",
         "export_check": exp.export_check,
         "fp16_build": fp16.manifest.get("quantization"),
         "what_ran": ran,
@@ -174,6 +178,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "data" / "cifar10"))
     ap.add_argument("--models", default="resnet20,resnet18")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument(
+        "--accuracy-images", default=None, help="MODEL=N: score N test images (default all)"
+    )
     ap.add_argument("--out", default="runs/fp16")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -183,11 +190,20 @@ def main() -> None:
         "resnet20": SHARED / "models" / "resnet20-12fca82f.th",
         "resnet18": SHARED / "models" / "resnet18-cifar10-1ff45430.pt",
     }
+    images = dict(x.split("=") for x in a.accuracy_images.split(",")) if a.accuracy_images else {}
     results = []
     for m in a.models.split(","):
         w = weights.get(m)
         results.append(
-            measure(m, str(w) if w and w.is_file() else None, f"npz:{a.data}", out, a.rounds, print)
+            measure(
+                m,
+                str(w) if w and w.is_file() else None,
+                f"npz:{a.data}",
+                out,
+                a.rounds,
+                print,
+                int(images[m]) if m in images else None,
+            )
         )
         (out / "fp16_cpu.json").write_text(json.dumps(results, indent=1, default=str))
     md = markdown(results)
