@@ -366,9 +366,7 @@ def technique_table(a, log=print) -> dict:
             rows.append(row(name, e, t))
     if not a.no_fp16:
         e = entries["baseline"]
-        rows.append(
-            row("baseline", e, "ort-cpu-fp16", level_override="fp16", base_target="ort-cpu")
-        )
+        rows.append(row("baseline", e, "ort-cpu-fp16", base_target="ort-cpu"))
 
     report = {
         "model": a.model,
