@@ -79,3 +79,35 @@ def test_bad_input_exits_2_before_any_work(tmp_path, tiny_npz, capsys):
         with pytest.raises(SystemExit) as e:
             tech.technique_table(args, log=lambda *_: None)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_binaryconnect_binarizes_all_convs_but_the_first_and_clips(tmp_path):
+    import torch
+    from torch import nn
+
+    bc = _load("binaryconnect").BinaryConnect()
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.Conv2d(4, 6, 3), nn.Flatten(), nn.LazyLinear(2)
+    )  # fmt: skip
+    x = torch.randn(2, 3, 8, 8)
+    net(x)
+    with torch.no_grad():
+        net[1].weight[0, 0, 0, 0] = 3.0  # outside [-1, 1]: clipped
+    first = net[0].weight.detach().clone()
+    rec = bc.apply(net, x[:1], 1.0, {"scale": "channel"}, lambda *_: None)
+    assert rec["binarized"] == ["1"] and rec["kept_float"] == ["0", "3"]
+    w = net[1].weight  # the parametrized weight: alpha_c * sign(w)
+    latent = net[1].parametrizations.weight.original
+    assert latent.abs().max() <= 1.0  # clipped when applied
+    alpha = latent.abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(w, alpha * torch.where(latent >= 0, 1.0, -1.0))
+    net(x).sum().backward()  # straight-through: the latent weights get a gradient
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    with torch.no_grad():
+        latent[0, 0, 0, 1] = -5.0
+    net(x)  # the forward pre-hook clips before the pass
+    assert latent.abs().max() <= 1.0
+    done = bc.finalize(net)
+    assert done["binary_weights"] == 6 * 4 * 9 and done["max_distinct_abs_per_channel"] == 1
+    assert not hasattr(net[1], "parametrizations") and torch.equal(net[0].weight, first)
