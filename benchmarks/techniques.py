@@ -373,6 +373,7 @@ def technique_table(a, log=print) -> dict:
             "note": NOTES.get("fp16" if t == "ort-cpu-fp16" else name, ""),
         }
         if e["status"] != "ok":
+            r["note"] = ""  # the reason says it all
             return r
         if target_reason.get(t):
             r["status"], r["reason"] = "unavailable", f"not deployable here: {target_reason[t]}"
