@@ -88,7 +88,8 @@ def _check_options(options: dict) -> None:
 def nm_mask(weight: torch.Tensor, n: int = N_KEEP, m: int = M_GROUP) -> torch.Tensor:
     """The N:M mask of a conv/linear ``weight``: in every group of ``m`` consecutive
     weights along dimension 1 (input channels per group), the ``n`` of largest
-    magnitude are 1 and the rest 0 (ties: the lower index wins).
+    magnitude are 1 and the rest 0 (``torch.topk``; which of equal magnitudes is kept
+    is unspecified).
 
     Args:
         weight: float [O, I] (Linear) or [O, I, kh, kw] (Conv2d), I a multiple of ``m``.
