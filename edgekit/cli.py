@@ -924,7 +924,7 @@ def _compress(
     from edgekit.compress.driver import compress_checkpoint
 
     target = _prune_output(out)
-    compress_checkpoint(
+    rec = compress_checkpoint(
         technique,
         level,
         str(weights),
@@ -942,7 +942,28 @@ def _compress(
         force=force,
         log=_log,
     )
+    _log(compression_summary(rec))
     _log(f"wrote {target}")
+
+
+def compression_summary(rec: dict) -> str:
+    """One line on what a sparsity or clustering record measured."""
+    s = rec.get("sparsity_reached")
+    if s:
+        line = (
+            f"sparsity reached: {s['sparsity']:.1%} of the Conv2d/Linear weights "
+            f"({s.get('sparsity_pruned', s['sparsity']):.1%} of the layers pruned)"
+        )
+        skipped = [k["layer"] for k in rec.get("skipped") or []]
+        return line + (f"; left dense: {', '.join(skipped)}" if skipped else "")
+    cb = rec.get("codebook")
+    if cb:
+        return (
+            f"codebook: {cb['bytes'] / 1e3:.1f} kB ({cb['bits']}-bit indices + float32 "
+            f"centroids) for {cb['dense_bytes'] / 1e3:.1f} kB of float32 weights; at most "
+            f"{rec.get('max_distinct')} distinct values per layer"
+        )
+    return f"{rec.get('technique')} done"
 
 
 @app.command("sparsify")

@@ -236,6 +236,7 @@ def test_cli_sparsify_writes_a_checkpoint(monkeypatch, capsys, tmp_path, tiny_np
         "--sparsity", "0.7", "--scope", "layer", "--dataset", f"npz:{tiny_npz}",
     )  # fmt: skip
     assert code in (0, None), err
+    assert "sparsity reached: 70.0% of the Conv2d/Linear weights" in err
     _, meta = load_model(None, tmp_path / "s" / "model.pt", None)
     c = meta["compression"]
     assert c["technique"] == "unstructured" and c["scope"] == "layer"
