@@ -67,6 +67,7 @@ def _compress(name, technique, level, args, dataset) -> dict:
         rec["bench"] = {
             "top1_no_finetune": rec0["test_top1"],
             "finetune_epochs": args.epochs,
+            "train_images": args.train_subset or 50_000,
             "finetune_wall_s": round(time.monotonic() - t1, 1),
             "no_finetune_wall_s": round(t1 - t0, 1),
             "loadavg_start": load0,
@@ -74,6 +75,23 @@ def _compress(name, technique, level, args, dataset) -> dict:
         }
         (out / f"{name}.json").write_text(json.dumps(rec, indent=1))
     return json.loads((out / f"{name}.json").read_text())
+
+
+def _subset(args, out: Path) -> str:
+    """``npz:SUB.npz,TEST.npz`` with ``args.train_subset`` class-balanced training images."""
+    import numpy as np
+
+    data = Path(args.data)
+    sub = out / f"train-subset-{args.train_subset}.npz"
+    if not sub.is_file():
+        with np.load(data / "cifar10-train.npz") as z:
+            x, y = z["x"], z["y"]
+        rng = np.random.default_rng(0)
+        per = args.train_subset // 10
+        idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per] for c in range(10)])
+        idx = rng.permutation(idx)
+        np.savez(sub, x=x[idx], y=y[idx])
+    return f"npz:{sub},{data / 'cifar10-test.npz'}"
 
 
 def _workspace(name, weights, record, args, dataset) -> Path:
@@ -120,11 +138,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--skip-bench", action="store_true", help="compress only")
     ap.add_argument("--quick", action="store_true", help="a smoke run: short latency rules")
+    ap.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="fine-tune on N class-balanced training images (seed 0) instead of all 50,000",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = f"npz:{args.data}"
+    test_ds = dataset
+    if args.train_subset:
+        dataset = _subset(args, out)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     records = {}
     for n in names:
@@ -138,16 +165,16 @@ def main() -> None:
         )
     if args.skip_bench:
         return
-    wss = {"dense": _workspace("dense", args.weights, None, args, dataset)}
+    wss = {"dense": _workspace("dense", args.weights, None, args, test_ds)}
     for n in names:
-        wss[n] = _workspace(n, str(out / f"{n}.pt"), records[n], args, dataset)
+        wss[n] = _workspace(n, str(out / f"{n}.pt"), records[n], args, test_ds)
     dirs = [(n, t, wss[n] / "artifacts" / t) for n in wss for t in TARGETS]
     cfg = BenchConfig(min_queries=200, min_duration_s=7.0, batch_sizes=(1,), rounds=args.rounds)
     if args.quick:
         cfg = BenchConfig(min_queries=20, min_duration_s=0.5, batch_sizes=(1,), rounds=2)
     load0 = os.getloadavg()
     res = api.benchmark(
-        artifacts=[d for *_, d in dirs], dataset=dataset, threads=1, config=cfg, log=_log
+        artifacts=[d for *_, d in dirs], dataset=test_ds, threads=1, config=cfg, log=_log
     )
     load1 = os.getloadavg()
     rows = {(n, t): r for (n, t, _), r in zip(dirs, res.rows, strict=True)}
