@@ -121,7 +121,7 @@ def test_bad_levels_are_refused(name, level, match):
         get_technique(name).check(level, {})
 
 
-def test_cluster_trains_the_centroids_only_and_sums_gradients_per_centroid():
+def test_cluster_trains_the_centroids_only_and_averages_gradients_per_centroid():
     m, t, rec = _apply("cluster", 2)
     conv = m[2]
     p = conv.parametrizations.weight[0]
@@ -130,8 +130,10 @@ def test_cluster_trains_the_centroids_only_and_sums_gradients_per_centroid():
     assert id(conv.parametrizations.weight.original) not in trainable
     g = torch.randn_like(conv.weight)
     (conv.weight * g).sum().backward()
-    want = torch.zeros(4).index_add_(0, p.index.flatten(), g.flatten())
-    assert torch.allclose(p.centroids.grad, want, atol=1e-5)
+    summed = torch.zeros(4).index_add_(0, p.index.flatten(), g.flatten())
+    size = torch.bincount(p.index.flatten(), minlength=4).clamp(min=1)
+    assert torch.allclose(p.centroids.grad, summed / size, atol=1e-5)
+    assert torch.equal(conv.weight, p.centroids[p.index])  # the value is exact
 
 
 def test_kmeans_linear_init_finds_separated_clusters():

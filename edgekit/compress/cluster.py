@@ -6,7 +6,8 @@ algorithm in one dimension; centroids initialised linearly between the layer's m
 and maximum weight, the initialisation Han et al. found best), and each weight is
 replaced by its centroid. Fine-tuning then trains the CENTROIDS only: the weight is the
 parametrization ``weight = centroids[index]`` (``torch.nn.utils.parametrize``), so the
-gradient of every weight in a cluster is summed into its centroid. Han, Mao and Dally
+gradients of the weights in a cluster are accumulated into its centroid (averaged over
+the cluster, see :class:`SharedWeights`). Han, Mao and Dally
 2016, "Deep Compression: Compressing Deep Neural Networks with Pruning, Trained
 Quantization and Huffman Coding" (ICLR), section 3.
 
@@ -66,16 +67,29 @@ def kmeans_1d(values: torch.Tensor, k: int, iters: int = 30) -> tuple[torch.Tens
 
 class SharedWeights(nn.Module):
     """The parametrization ``weight = centroids[index]`` (``centroids`` trainable,
-    ``index`` a fixed int64 buffer of the weight's shape)."""
+    ``index`` a fixed int64 buffer of the weight's shape).
+
+    The value is exactly ``centroids[index]``. The gradient reaching centroid k is the
+    gradient of the weights in cluster k summed (Han et al. 2016, eq. 3) and divided by
+    the cluster's size: the mean, so that a centroid moves as far as one of its weights
+    would at the same learning rate. With the plain sum, a cluster of ~9,000 weights
+    takes a step ~9,000 times too large at a fine-tuning lr of 0.01: on ResNet-20 at 2
+    bits, 2 epochs took top-1 from 69.6% down to 12.4% (benchmarks/sparsity.py).
+    """
 
     def __init__(self, centroids: torch.Tensor, index: torch.Tensor):
         super().__init__()
         self.centroids = nn.Parameter(centroids.clone())
         self.register_buffer("index", index.clone())
+        count = torch.bincount(index.reshape(-1), minlength=centroids.numel()).clamp(min=1)
+        self.register_buffer("inv_size", (1.0 / count.float())[index])  # per weight
         self.register_buffer("initial", centroids.clone())  # to report how far they moved
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        return self.centroids[self.index].to(original.dtype)
+        w = self.centroids[self.index]
+        # value w; gradient to each centroid: the mean of its weights' gradients
+        w = w.detach() + (w - w.detach()) * self.inv_size
+        return w.to(original.dtype)
 
 
 def codebook_bytes(n_weights: int, bits: int, centroids: int) -> dict:
