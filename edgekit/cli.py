@@ -1046,8 +1046,9 @@ def cluster_cmd(
     device: DeviceOpt = None,
     force: CheckpointForce = False,
 ):
-    """Weight clustering (K-means, Han et al. 2016): each layer's weights share 2^bits
-    values; fine-tuning trains the shared values only. Reports the codebook size."""
+    """Weight clustering by K-means: each layer's weights share 2^bits values, and
+    fine-tuning trains the shared values only (Deep Compression, Han et al. 2016).
+    Reports the codebook size."""
     options = {"layers": _names(layers), "ignore": _names(ignore)}
     _compress(
         "cluster", bits, options, weights, out, dataset, data_dir, model, finetune_epochs,
