@@ -661,6 +661,14 @@ def benchmark(
     load["end"] = machine_load()
     rows = [unavailable[d] if d in unavailable else next(measured) for d in dirs]
     add_ratios(rows)
+    if named:  # a compressed model's rows say what their latency means (issue 17)
+        from edgekit.harness import compression_note
+
+        comp = ws.record().get("compression")
+        for d, r in zip(dirs, rows, strict=True):
+            note = compression_note(r, comp) if d in named else None
+            if note:
+                r["note"] = note
     meta: dict = {}
     if test is not None:
         scored = test.y[: cfg.accuracy_images]  # accuracy_images None: all of them

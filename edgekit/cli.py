@@ -110,7 +110,11 @@ ShowAll = Annotated[
 ]
 Wide = Annotated[
     bool,
-    typer.Option("--wide", help="All columns: also p99, size ratio, best img/s, CV and peak RSS."),
+    typer.Option(
+        "--wide",
+        help="All columns: also p99, zip MB (the artifact deflated), size ratio, best img/s, "
+        "CV and peak RSS.",
+    ),
 ]
 AccuracyImages = Annotated[
     int | None,
@@ -864,6 +868,192 @@ def _prune_output(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise EdgekitError(f"-o {out} is a file", "give a directory (OUT/model.pt is written)")
     return out / "model.pt"
+
+
+CompressOut = Annotated[
+    Path,
+    typer.Option(
+        "--out", "-o", help="Output directory (OUT/model.pt is written), or a FILE.pt to write."
+    ),
+]
+FinetuneEpochs = Annotated[
+    int | None,
+    typer.Option(
+        "--finetune-epochs",
+        help="Fine-tuning epochs with the masks/codebooks fixed (default 0, or none with "
+        "--finetune-minutes).",
+    ),
+]
+FinetuneLr = Annotated[
+    float | None, typer.Option("--lr", help="Fine-tuning learning rate (default 0.01).")
+]
+Distill = Annotated[
+    bool,
+    typer.Option("--distill", help="KD from the uncompressed model while fine-tuning."),
+]
+LayerList = Annotated[
+    str | None,
+    typer.Option(
+        "--layers", help="Only these Conv2d/Linear layers, comma-separated (default: all)."
+    ),
+]
+IgnoreList = Annotated[
+    str | None, typer.Option("--ignore", help="Layers left as they are, comma-separated.")
+]
+CheckpointForce = Annotated[
+    bool, typer.Option("--force", help="Overwrite an existing output checkpoint.")
+]
+
+
+def _names(text: str | None) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else []
+
+
+def _compress(
+    technique, level, options, weights, out, dataset, data_dir, model, finetune_epochs,
+    finetune_minutes, lr, recipe, distill, device, force,
+) -> None:  # fmt: skip
+    """Run :func:`edgekit.compress.driver.compress_checkpoint` for a command."""
+    from edgekit.compress import get_technique
+
+    get_technique(technique).check(level, options)  # before loading data or weights
+    if not weights.is_file():
+        raise EdgekitError(
+            f"--weights {weights} is not a file", "give an edgekit or zoo checkpoint"
+        )
+    from edgekit.compress.driver import compress_checkpoint
+
+    target = _prune_output(out)
+    rec = compress_checkpoint(
+        technique,
+        level,
+        str(weights),
+        target,
+        dataset,
+        options=options,
+        model=model,
+        data_dir=str(data_dir) if data_dir else None,
+        finetune_epochs=finetune_epochs if finetune_minutes else (finetune_epochs or 0),
+        finetune_minutes=finetune_minutes,
+        lr=lr,
+        recipe=recipe,
+        distill=distill,
+        device=device,
+        force=force,
+        log=_log,
+    )
+    _log(compression_summary(rec))
+    _log(f"wrote {target}")
+
+
+def compression_summary(rec: dict) -> str:
+    """One line on what a sparsity or clustering record measured."""
+    s = rec.get("sparsity_reached")
+    if s:
+        line = (
+            f"sparsity reached: {s['sparsity']:.1%} of the Conv2d/Linear weights "
+            f"({s.get('sparsity_pruned', s['sparsity']):.1%} of the layers pruned)"
+        )
+        skipped = [k["layer"] for k in rec.get("skipped") or []]
+        return line + (f"; left dense: {', '.join(skipped)}" if skipped else "")
+    cb = rec.get("codebook")
+    if cb:
+        return (
+            f"codebook: {cb['bytes'] / 1e3:.1f} kB ({cb['bits']}-bit indices + float32 "
+            f"centroids) for {cb['dense_bytes'] / 1e3:.1f} kB of float32 weights; at most "
+            f"{rec.get('max_distinct')} distinct values per layer"
+        )
+    return f"{rec.get('technique')} done"
+
+
+@app.command("sparsify")
+def sparsify_cmd(
+    weights: Annotated[Path, typer.Option("--weights", help="Checkpoint to sparsify.")],
+    out: CompressOut,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(
+            "--sparsity",
+            help="Unstructured: fraction of the Conv2d/Linear weights zeroed, in [0, 1).",
+        ),
+    ] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--pattern",
+            help="2:4: keep the 2 largest of every 4 consecutive input-channel weights "
+            "(NVIDIA sparse tensor cores).",
+        ),
+    ] = None,
+    scope: Annotated[
+        str,
+        typer.Option(
+            "--scope", help="Unstructured: global (rank over all layers) or layer (each layer)."
+        ),
+    ] = "global",
+    layers: LayerList = None,
+    ignore: IgnoreList = None,
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    finetune_epochs: FinetuneEpochs = None,
+    finetune_minutes: FinetuneMinutes = None,
+    lr: FinetuneLr = None,
+    recipe: RecipeOpt = None,
+    distill: Distill = False,
+    device: DeviceOpt = None,
+    force: CheckpointForce = False,
+):
+    """Weight sparsity by L1 magnitude (--sparsity S) or the 2:4 pattern (--pattern 2:4),
+    masks fixed while fine-tuning; reports the sparsity reached. Layer shapes stay: the
+    dense backends run it at the dense model's latency (see docs/compression.md)."""
+    if (sparsity is None) == (pattern is None):
+        raise EdgekitError(
+            "give exactly one of --sparsity S and --pattern 2:4", "e.g. --sparsity 0.5"
+        )
+    if pattern is not None and pattern.strip() != "2:4":
+        raise EdgekitError(
+            f"--pattern {pattern} is not supported", "only 2:4 (NVIDIA's sparse tensor cores)"
+        )
+    options: dict = {"layers": _names(layers), "ignore": _names(ignore)}
+    if pattern is None:
+        options["scope"] = scope
+    technique, level = ("unstructured", sparsity) if pattern is None else ("2:4", 0.5)
+    _compress(
+        technique, level, options, weights, out, dataset, data_dir, model, finetune_epochs,
+        finetune_minutes, lr, recipe, distill, device, force,
+    )  # fmt: skip
+
+
+@app.command("cluster")
+def cluster_cmd(
+    weights: Annotated[Path, typer.Option("--weights", help="Checkpoint to cluster.")],
+    out: CompressOut,
+    bits: Annotated[
+        int,
+        typer.Option("--bits", help="Bits per weight index: 2^bits shared values per layer (1-8)."),
+    ] = 4,
+    layers: LayerList = None,
+    ignore: IgnoreList = None,
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    finetune_epochs: FinetuneEpochs = None,
+    finetune_minutes: FinetuneMinutes = None,
+    lr: FinetuneLr = None,
+    recipe: RecipeOpt = None,
+    distill: Distill = False,
+    device: DeviceOpt = None,
+    force: CheckpointForce = False,
+):
+    """Weight clustering by K-means: each layer's weights share 2^bits values, and
+    fine-tuning trains the shared values only (Deep Compression, Han et al. 2016).
+    Reports the codebook size."""
+    options = {"layers": _names(layers), "ignore": _names(ignore)}
+    _compress(
+        "cluster", bits, options, weights, out, dataset, data_dir, model, finetune_epochs,
+        finetune_minutes, lr, recipe, distill, device, force,
+    )  # fmt: skip
 
 
 @app.command("sweep")

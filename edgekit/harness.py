@@ -517,6 +517,7 @@ class _Session:
 
         self.cfg, self.threads, self.test = cfg, threads, test_split
         self.runner, self.manifest = open_artifact(artifact_dir, threads)
+        self.artifact_dir = artifact_dir
         self.target = self.manifest["target"]
         self.samples: list[np.ndarray] = []
         self.rounds_p50: list[float] = []
@@ -605,6 +606,7 @@ class _Session:
             threads=self.threads,
             device=self.runner.device,
             gpu=gpu,
+            zip_mb=artifact_zip_mb(self.artifact_dir, self.manifest),
         )
         if acc is not None and cfg.accuracy_images is not None:
             row["accuracy_images"] = acc["images"]  # a capped pass: the table says so
@@ -641,6 +643,42 @@ def bench_artifact(artifact_dir, test_split, cfg: BenchConfig, threads: int | No
         s.close()
 
 
+def deflated_bytes(paths, level: int = 6, chunk: int = 1 << 20) -> int:
+    """Bytes of ``paths`` once DEFLATE-compressed, as ``zip`` stores them (zipfile's
+    ``ZIP_DEFLATED``, zlib level 6, its default), without the archive's headers (about
+    100 bytes per file). RFC 1951; streamed, so a large artifact is never held whole.
+
+    Zeros (sparsity) and repeated values (clustering) shrink here while the dense
+    backends still load and run every weight: this is the storage/download size such
+    techniques buy, not a runtime size.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    import zlib
+
+    total = 0
+    for p in paths:
+        z = zlib.compressobj(level, zlib.DEFLATED, -15)
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                total += len(z.compress(block))
+        total += len(z.flush())
+    return total
+
+
+def artifact_zip_mb(artifact_dir, manifest: dict) -> float | None:
+    """:func:`deflated_bytes` of an artifact's hashed files in MB (1e6 bytes); None
+    when a file cannot be read (the row then shows ``-``)."""
+    from edgekit.manifest import artifact_path
+
+    try:
+        paths = [artifact_path(artifact_dir, manifest, n) for n in sorted(manifest["files"])]
+        return deflated_bytes(paths) / 1e6
+    except (OSError, EdgekitError, KeyError, TypeError):
+        return None
+
+
 def result_row(
     manifest: dict | None,
     *,
@@ -655,8 +693,13 @@ def result_row(
     device: str | None = None,
     gpu: dict | None = None,
     rss_mb: float | None = None,
+    zip_mb: float | None = None,
 ) -> dict:
     """One report row. ``status``: ``ok``, ``failed`` or ``unavailable``.
+
+    ``size_mb`` is the artifact's files as stored (``size_bytes`` of the manifest);
+    ``zip_mb`` the same files deflated (:func:`artifact_zip_mb`), where sparsity and
+    weight clustering show.
 
     ``peak_rss_mb`` is this process's peak resident memory (under
     :func:`bench_many` a process that measured only this target) unless ``rss_mb``
@@ -674,6 +717,7 @@ def result_row(
         "device": device,
         "threads": threads,
         "size_mb": m.get("size_bytes", 0) / 1e6 if m else None,
+        "zip_mb": zip_mb,
         "latency_ms": latency,
         "latency_samples_ms": [round(float(v), 5) for v in samples]
         if samples is not None
@@ -975,6 +1019,67 @@ def bench_many(
         for h in handles:
             h.close()
     return [h.row for h in handles]
+
+
+#: the row note of a compressed model's rows (``note``), by technique and kind of row
+SPARSE_DENSE_NOTE = (
+    "{what}: no backend here runs sparse kernels, so this row runs the zeros as dense "
+    "weights; its latency is the dense model's, measured as such (the saving shows in zip MB)"
+)
+SPARSE_TRT_NOTE = (
+    "2:4 sparsity: TensorRT's sparse path (BuilderFlag.SPARSE_WEIGHTS, trtexec --sparsity) "
+    "is unverified here: no TensorRT on this machine, and edgekit builds the engine without "
+    "that flag"
+)
+UNSTRUCTURED_TRT_NOTE = (
+    "unstructured sparsity: TensorRT's sparse kernels take only the 2:4 pattern; this "
+    "engine runs the zeros as dense weights"
+)
+CLUSTER_NOTE = (
+    "weight clustering ({bits} bits): the backends here run the shared values as dense "
+    "float weights, so latency is the dense model's (the saving shows in zip MB and the "
+    "codebook size)"
+)
+
+
+def _is_tensorrt(row: dict) -> bool:
+    t = str(row.get("target") or "")
+    return row.get("backend") == "tensorrt" or t.startswith("trt-") or t == "ort-trt"
+
+
+def compression_note(row: dict, compression: dict | None) -> str | None:
+    """What a row of a compressed model must say about its latency, or None.
+
+    ``compression`` is the work directory's ``compression`` record (from the
+    checkpoint, :func:`edgekit.compress.driver.compress_checkpoint`). Weight sparsity
+    (``unstructured``, ``2:4``) and clustering (``cluster``) keep every layer's shape, so a
+    dense backend runs the same arithmetic: its measured row carries that note. A TensorRT
+    row (any status) says that TensorRT's 2:4 path is unverified here (or, for
+    unstructured sparsity, that TensorRT does not take it). Techniques that change
+    shapes (channel pruning, low-rank) get no note: their latency is their own.
+    """
+    if not isinstance(compression, dict):
+        return None
+    tech = compression.get("technique")
+    ok = row.get("status") == "ok"
+    if tech in ("unstructured", "2:4"):
+        if _is_tensorrt(row):
+            return SPARSE_TRT_NOTE if tech == "2:4" else UNSTRUCTURED_TRT_NOTE
+        what = "2:4 sparse weights" if tech == "2:4" else "unstructured sparse weights"
+        return SPARSE_DENSE_NOTE.format(what=what) if ok else None
+    if tech == "cluster" and ok:
+        bits = compression.get("bits", compression.get("level"))
+        return CLUSTER_NOTE.format(bits=bits)
+    return None
+
+
+def add_compression_notes(rows: list[dict], compression: dict | None) -> list[dict]:
+    """Set ``note`` on the rows :func:`compression_note` has a note for (in place)."""
+    for r in rows:
+        note = compression_note(r, compression)
+        if note:
+            r["note"] = note
+    return rows
 
 
 def add_ratios(

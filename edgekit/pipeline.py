@@ -618,7 +618,13 @@ def run(
 def _run(
     spec, ws: Workspace, chosen, cfg, threads, force, log, show_progress, label=None
 ) -> list[dict]:
-    from edgekit.harness import add_ratios, bench_many, environment, machine_load
+    from edgekit.harness import (
+        add_compression_notes,
+        add_ratios,
+        bench_many,
+        environment,
+        machine_load,
+    )
     from edgekit.report import merge_reports, write_all
 
     ws = prepare(spec, ws.root, force=force, log=log, show_progress=show_progress)
@@ -652,6 +658,7 @@ def _run(
         rows[n] = row
     out = [rows[t.name] for t in chosen]
     add_ratios(out)
+    add_compression_notes(out, rec.get("compression"))
     report = {
         "schema": "edgekit-report/1",
         # where this run trained or fine-tuned (None: it only loaded weights)

@@ -36,6 +36,7 @@ COLUMNS = [
     ("p90 ms", "right", False),
     ("p99 ms", "right", True),
     ("size MB", "right", False),
+    ("zip MB", "right", True),
     ("size ratio", "right", True),
     ("speedup", "right", False),
     ("best img/s", "right", True),
@@ -74,6 +75,7 @@ def _cells(r: dict, multi: bool, wide: bool = True) -> list[str]:
         _num(lat.get("p90")),
         _num(lat.get("p99")),
         _num(r.get("size_mb")),
+        _num(r.get("zip_mb")),
         _fmt(r.get("size_ratio"), ".3f"),
         _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
         _fmt(best, ".0f"),
@@ -89,7 +91,8 @@ def table_parts(
 ) -> tuple[list[str], list[list[str]], list[str]]:
     """The terminal table as text: ``(headers, cell rows, notes under the table)``.
 
-    Reasons of rows that are not ok become numbered footnotes (``failed [1]``);
+    Reasons of rows that are not ok become numbered footnotes (``failed [1]``), and
+    so does a row's ``note`` (``ok [2]``: e.g. sparse weights that run dense);
     ``unavailable`` rows are hidden unless ``show_all`` (a note says how many);
     rows from several runs get a short ``run`` column (``#1``, ``#2`` ...) whose
     labels are listed in the notes (with ``short_runs=False`` the column holds the
@@ -114,6 +117,9 @@ def table_parts(
         if r.get("status") != "ok":
             why = " ".join(str(r.get("reason") or "no reason recorded").split())
             n = reasons.setdefault(why, len(reasons) + 1)
+            cells[1] += f" [{n}]"
+        if r.get("note"):
+            n = reasons.setdefault(" ".join(str(r["note"]).split()), len(reasons) + 1)
             cells[1] += f" [{n}]"
         if multi:
             cells.insert(1, f"#{runs.index(r.get('run')) + 1}" if short_runs else str(r["run"]))
@@ -372,6 +378,8 @@ def report_schema():
             "run": text,
             "threads": Int(min=0, nullable=True),
             "size_mb": Num(min=0, nullable=True),
+            "zip_mb": Num(min=0, nullable=True),
+            "note": text,
             "size_ratio": num,
             "speedup": num,
             "top1": pct,
@@ -549,6 +557,7 @@ def flat_row(r: dict, batch_sizes: list[str]) -> dict:
         "top5": r.get("top5"),
         "top1_drop": r.get("top1_drop"),
         "size_mb": r.get("size_mb"),
+        "zip_mb": r.get("zip_mb"),
         "size_ratio": r.get("size_ratio"),
         "speedup": r.get("speedup"),
         "fp32_nodes": r.get("fp32_nodes"),
@@ -561,6 +570,7 @@ def flat_row(r: dict, batch_sizes: list[str]) -> dict:
         out[f"throughput_bs{b}_ips"] = thr.get(b)
     out["peak_rss_mb"] = r.get("peak_rss_mb")
     out["gpu_mem_mb"] = r.get("gpu_mem_mb")
+    out["note"] = r.get("note", "")
     return out
 
 

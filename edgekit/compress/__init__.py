@@ -17,12 +17,17 @@ import importlib
 
 from edgekit.errors import EdgekitError
 
-#: technique name -> module defining ``TECHNIQUE`` (an object implementing the protocol)
-TECHNIQUES: dict[str, str] = {}
+#: technique name -> module defining ``TECHNIQUE`` (an object implementing the protocol),
+#: or ``module:ATTR`` for a module defining several techniques
+TECHNIQUES: dict[str, str] = {
+    "unstructured": "edgekit.compress.sparsity",
+    "2:4": "edgekit.compress.sparsity:TWO_FOUR",
+    "cluster": "edgekit.compress.cluster",
+}
 
 
 def register(name: str, module: str) -> None:
-    """Add a technique: ``module`` must define ``TECHNIQUE``."""
+    """Add a technique: ``module`` must define ``TECHNIQUE`` (or ``module:ATTR``, ``ATTR``)."""
     TECHNIQUES[name] = module
 
 
@@ -42,4 +47,5 @@ def get_technique(name: str):
             f"unknown compression technique {name!r}",
             f"choose one of: {', '.join(technique_names())}",
         )
-    return importlib.import_module(mod).TECHNIQUE
+    mod, _, attr = mod.partition(":")
+    return getattr(importlib.import_module(mod), attr or "TECHNIQUE")
