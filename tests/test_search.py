@@ -193,3 +193,65 @@ def test_a_directory_with_other_files_is_not_overwritten(tiny, tmp_path):
     with pytest.raises(EdgekitError, match="not empty"):
         search(cfg, work, dataset=data, weights=w, device="cpu")
     assert (work / "notes.txt").read_text() == "mine"
+
+
+def test_choice_is_the_most_accurate_trial_within_the_budget(tiny, tmp_path, monkeypatch):
+    """Measurements faked (pruning more is faster and less accurate), so the rule is
+    tested exactly: the most accurate *feasible* trial is chosen, never a more accurate
+    one over the budget, and one that misses on re-measurement gives way to the next."""
+    from edgekit import search as S
+
+    data, w = tiny
+
+    def fake_trial(self, number, steps, ref):
+        cut = sum(steps.values()) / sum(st.max_steps for st in self.stages)
+        ratio = 1.0 - 0.5 * cut
+        return {
+            "trial": number, "status": "ok", "steps": dict(steps),
+            "stage_ratios": {k: float(v) for k, v in steps.items()}, "widths": {},
+            "macs": 1e6, "params": 1, "macs_reduction": cut, "val_top1": 90 - 20 * cut,
+            "ref_val_top1": 90.0, "p50_ms": ratio, "ref_p50_ms": 1.0, "latency_ratio": ratio,
+            "latency_ratio_range": [ratio, ratio], "noisy": False, "size_mb": 1.0,
+            "dir": f"trials/t{number:03d}", "seconds": 0.0,
+        }  # fmt: skip
+
+    rows_by_dir = {}
+    first = []
+
+    def fake_measure(self, ref, art, test=None, scale=1.0):
+        trial = int(art.parent.parent.name[1:])
+        r = rows_by_dir[trial]
+        slow = not first  # the best candidate misses the budget when measured again
+        first.append(trial)
+        p50 = 0.95 if slow else r["latency_ratio"]
+        lat = {"p50": p50, "p90": p50, "rounds": 2, "rounds_p50": [p50, p50]}
+        ref_lat = {"p50": 1.0, "p90": 1.0, "rounds": 2, "rounds_p50": [1.0, 1.0]}
+        return {"top1": 91.0, "latency_ms": ref_lat}, {"top1": 80.0, "latency_ms": lat}
+
+    def recording_trial(self, number, steps, ref):
+        row = fake_trial(self, number, steps, ref)
+        rows_by_dir[number] = row
+        return row
+
+    monkeypatch.setattr(S._Search, "run_trial", recording_trial)
+    monkeypatch.setattr(S._Search, "measure", fake_measure)
+    monkeypatch.setattr(S._Search, "reference", lambda self: tmp_path / "ref")
+    monkeypatch.setattr(S, "_save_chosen", lambda *a: None)
+    cfg = SearchConfig(target="ort-cpu", budget_ratio=0.8, trials=8, **FAST)
+    rec = search(cfg, tmp_path / "s", dataset=data, weights=w, device="cpu", log=lambda *_: None)
+    rows = rec["trials"]
+    feasible = sorted((r for r in rows if r["latency_ratio"] <= 0.8), key=lambda r: -r["val_top1"])
+    assert len(feasible) >= 2 and any(r["latency_ratio"] > 0.8 for r in rows)
+    assert all(r["meets_budget"] == (r["latency_ratio"] <= 0.8) for r in rows)
+    # the most accurate feasible trial missed on re-measurement; the next one was chosen
+    assert [m["trial"] for m in rec["remeasured"]] == first[:2]
+    assert first[0] == feasible[0]["trial"]
+    assert rec["chosen"]["trial"] == feasible[1]["trial"]
+    assert rec["chosen"]["val_top1"] < max(r["val_top1"] for r in rows)  # infeasible ones win
+    front = [r for r in rows if r["pareto"]]
+    assert front and all(
+        not any(
+            o["latency_ratio"] < r["latency_ratio"] and o["val_top1"] > r["val_top1"] for o in rows
+        )
+        for r in front
+    )
