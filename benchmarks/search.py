@@ -15,7 +15,9 @@ the best uniform trial under the same budget (same fine-tuning budget) on the te
 
 Writes ``--out`` (default ``benchmarks/results/search.json``) and a ``.md`` beside it;
 the searches live in ``--work`` (default ``benchmarks/work/search``, git-ignored). An
-interrupted run resumes (each search is journalled); ``--force`` starts over.
+interrupted run resumes (each search is journalled), and so does a run with more
+``--trials``; ``--targets T`` re-runs one target and keeps the others' results in
+``--out``; ``--force`` starts over.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ def _compare(work: Path, rec: dict, test, rounds: int) -> dict:
 
     target = rec["target"]
     chosen = rec.get("chosen")
-    uni = [r for r in rec["trials"] if r["status"] == "ok" and r.get("uniform") is not None]
+    uni = [
+        r
+        for r in rec["trials"]
+        if r["status"] == "ok" and r.get("uniform") is not None and r.get("duplicate_of") is None
+    ]
     cands = ([chosen] if chosen else []) + [
         r for r in uni if r["meets_budget"] and (not chosen or r["trial"] != chosen["trial"])
     ]
@@ -167,6 +173,7 @@ def main() -> None:
                         "latency_ratio_range",
                         "meets_budget",
                         "seconds",
+                        "duplicate_of",
                     )
                 }
                 for r in rec["trials"]
@@ -180,13 +187,20 @@ def main() -> None:
                 ),
                 "chosen_test_top1": chosen and chosen["test_top1"],
                 "best_uniform_test_top1": best_uniform and best_uniform["test_top1"],
+                # the chosen model must be a non-uniform trial more accurate on the test set
+                # than every uniform trial under the same budget (none there: it wins)
+                "chosen_is_uniform": bool(chosen and chosen.get("uniform") is not None),
                 "beats_uniform": bool(
                     chosen
+                    and chosen.get("uniform") is None
                     and (best_uniform is None or chosen["test_top1"] > best_uniform["test_top1"])
                 ),
             },
         }
     result["load_end"] = machine_load()
+    if args.out.is_file() and not args.force:  # one target re-run: keep the others' results
+        old = json.loads(args.out.read_text())
+        result["searches"] = {**old.get("searches", {}), **result["searches"]}
     result["environment"] = environment(1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
@@ -210,6 +224,8 @@ def _markdown(result: dict) -> str:
                 lines.append(f"| {r['trial']} | failed | | | | | | |")
                 continue
             kind = f"uniform {r['uniform']:g}" if r.get("uniform") is not None else "TPE"
+            if r.get("duplicate_of") is not None:
+                kind += f" (= trial {r['duplicate_of']})"
             ratios = " ".join(f"{k}={v:g}" for k, v in r["stage_ratios"].items())
             lines.append(
                 f"| {r['trial']} | {kind} | {ratios} | {r['macs'] / 1e6:.2f} | "

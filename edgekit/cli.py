@@ -975,7 +975,9 @@ def search_cmd(
             "interleaved in the same run (e.g. 0.8).",
         ),
     ] = None,
-    trials: Annotated[int, typer.Option("--trials", help="Trials in all.")] = 12,
+    trials: Annotated[
+        int, typer.Option("--trials", help="Distinct trials (repeats are not re-run).")
+    ] = 12,
     finetune_epochs: Annotated[
         int, typer.Option("--finetune-epochs", help="KD fine-tuning epochs per trial.")
     ] = 1,

@@ -80,7 +80,8 @@ class SearchConfig:
         budget_ms: p50 latency budget in milliseconds (batch 1), or None.
         budget_ratio: budget as a fraction of the unpruned model's p50 on the same target,
             measured in the same interleaved rounds, or None. Exactly one of the two.
-        trials: trials in all (the enqueued uniform ones included).
+        trials: distinct trials (the enqueued uniform ones included); a suggestion that
+            repeats measured ratios reuses that row and does not count (nor run).
         finetune_epochs: KD fine-tuning epochs per trial (0: adaptive BN only).
         train_subset: training images each trial fine-tunes on.
         val_images: the held-out validation slice (training split), class-balanced.
@@ -628,6 +629,16 @@ def search(
                     user_attrs={"uniform": u},
                 )
 
+        # ratios already measured: a repeat suggestion (TPE repeats itself in a small
+        # discrete space) reuses the row instead of spending a fine-tune, and does not count
+        measured = {
+            _key(t.user_attrs["row"]["steps"]): t.user_attrs["row"]
+            for t in finished
+            if not t.user_attrs["row"].get("duplicate_of")
+        }
+        space = math.prod(st.max_steps + 1 for st in s.stages)
+        wanted = min(cfg.trials, space)
+
         def objective(trial):
             steps = {
                 st.name: trial.suggest_int(f"steps_{st.name}", 0, st.max_steps) for st in s.stages
@@ -637,6 +648,23 @@ def search(
                 if "uniform" in trial.user_attrs
                 else "tpe"
             )
+            prev = measured.get(_key(steps))
+            if prev is not None:
+                row = {
+                    **prev,
+                    "trial": trial.number,
+                    "duplicate_of": prev["trial"],
+                    "uniform": trial.user_attrs.get("uniform"),
+                    "seconds": 0.0,
+                }
+                trial.set_constraint(
+                    "latency", _constraint(cfg, prev) if prev["status"] == "ok" else math.inf
+                )
+                trial.set_user_attr("row", row)
+                log(
+                    f"trial {trial.number} ({kind}): the ratios of trial {prev['trial']}, not measured again"
+                )
+                return prev["val_top1"] if prev["status"] == "ok" else float("nan")
             log(f"trial {trial.number} ({kind}): steps {steps}")
             try:
                 row = s.run_trial(trial.number, steps, ref)
@@ -644,12 +672,14 @@ def search(
                 row = {"trial": trial.number, "status": "failed", "reason": str(e), "steps": steps}
                 trial.set_user_attr("row", row)
                 trial.set_constraint("latency", math.inf)
+                measured[_key(steps)] = row
                 log(f"trial {trial.number}: failed: {e}")
                 return float("nan")
             row["uniform"] = trial.user_attrs.get("uniform")
             row["meets_budget"] = _constraint(cfg, row) <= 0
             trial.set_constraint("latency", _constraint(cfg, row))
             trial.set_user_attr("row", row)
+            measured[_key(steps)] = row
             log(
                 f"trial {trial.number}: val top-1 {row['val_top1']:.2f}%, p50 {row['p50_ms']:.3f} ms "
                 f"= {row['latency_ratio']:.3f}x the unpruned ({row['ref_p50_ms']:.3f} ms), "
@@ -658,9 +688,13 @@ def search(
             )
             return row["val_top1"]
 
-        left = cfg.trials - len(finished)
-        if left > 0:
-            study.optimize(objective, n_trials=left, catch=())
+        def enough(study, _trial):
+            if len(measured) >= wanted:
+                study.stop()
+
+        if len(measured) < wanted:
+            # repeats do not count, so the loop ends on the distinct trials (capped)
+            study.optimize(objective, n_trials=20 * cfg.trials, catch=(), callbacks=[enough])
         rows = [
             t.user_attrs["row"]
             for t in sorted(study.trials, key=lambda t: t.number)
@@ -668,7 +702,7 @@ def search(
         ]
         record = _record(cfg, s, rows, fp)
         record["environment"] = environment(cfg.threads, {**load, "end": machine_load()})
-        ok = [r for r in rows if r["status"] == "ok"]
+        ok = [r for r in rows if r["status"] == "ok" and not r.get("duplicate_of")]
         feasible = sorted(
             (r for r in ok if r["meets_budget"]),
             key=lambda r: (-r["val_top1"], r["latency_ratio"]),
@@ -734,6 +768,10 @@ def search(
         return record
 
 
+def _key(steps: dict) -> tuple:
+    return tuple(sorted(steps.items()))
+
+
 def _budget_text(cfg: SearchConfig) -> str:
     if cfg.budget_ratio is not None:
         return f"p50 <= {cfg.budget_ratio:g}x the unpruned p50"
@@ -749,7 +787,7 @@ def _suggest(cfg: SearchConfig, best: dict) -> str:
 def _record(cfg: SearchConfig, s: _Search, rows: list[dict], fp: dict) -> dict:
     from edgekit.report import pareto_front
 
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" and not r.get("duplicate_of")]
     front = pareto_front([(r["latency_ratio"], r["val_top1"]) for r in ok])
     front_ids = [ok[i]["trial"] for i in front]
     for r in rows:
@@ -861,6 +899,8 @@ def markdown_table(record: dict) -> str:
             )
             continue
         kind = f"uniform {r['uniform']:g}" if r.get("uniform") is not None else "TPE"
+        if r.get("duplicate_of") is not None:
+            kind += f" (= trial {r['duplicate_of']}, not re-measured)"
         ratios = " ".join(f"{k}={v:g}" for k, v in r["stage_ratios"].items())
         lo, hi = r["latency_ratio_range"]
         mark = "**chosen**" if r["trial"] == chosen else ("yes" if r["meets_budget"] else "no")
@@ -898,7 +938,7 @@ def plot_search(record: dict, path: Path) -> Path:
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    ok = [r for r in record["trials"] if r["status"] == "ok"]
+    ok = [r for r in record["trials"] if r["status"] == "ok" and not r.get("duplicate_of")]
     for uni, marker, label in ((False, "o", "TPE trials"), (True, "s", "uniform ratio")):
         pts = [r for r in ok if (r.get("uniform") is not None) == uni]
         if pts:

@@ -111,7 +111,8 @@ def test_search_respects_the_budget_and_writes_its_outputs(tiny, tmp_path):
         assert (work / name).is_file(), name
     assert (work / "search.png").read_bytes()[:4] == b"\x89PNG"
     rows = rec["trials"]
-    assert len(rows) == 2 and rows[0]["uniform"] is not None  # the uniform baseline first
+    distinct = [r for r in rows if r.get("duplicate_of") is None]
+    assert len(distinct) == 2 and rows[0]["uniform"] is not None  # the uniform baseline first
     for r in rows:
         assert r["status"] == "ok"
         assert r["meets_budget"] == (r["latency_ratio"] <= 5.0)
@@ -133,8 +134,9 @@ def test_search_respects_the_budget_and_writes_its_outputs(tiny, tmp_path):
     # the same command resumes (no trial is redone); other options are refused
     logs.clear()
     again = search(cfg, work, dataset=data, weights=w, device="cpu", log=logs.append)
-    assert [r["trial"] for r in again["trials"]] == [0, 1]
-    assert any("2 trial(s) already done" in m for m in logs)
+    assert [r["trial"] for r in again["trials"]] == [r["trial"] for r in rows]
+    assert any("already done" in m for m in logs)
+    assert not any("steps" in m for m in logs)  # no trial ran again
     other = SearchConfig(target="ort-cpu", budget_ratio=4.0, trials=2, **FAST)
     with pytest.raises(EdgekitError, match="other options"):
         search(other, work, dataset=data, weights=w, device="cpu")
@@ -240,7 +242,11 @@ def test_choice_is_the_most_accurate_trial_within_the_budget(tiny, tmp_path, mon
     cfg = SearchConfig(target="ort-cpu", budget_ratio=0.8, trials=8, **FAST)
     rec = search(cfg, tmp_path / "s", dataset=data, weights=w, device="cpu", log=lambda *_: None)
     rows = rec["trials"]
-    feasible = sorted((r for r in rows if r["latency_ratio"] <= 0.8), key=lambda r: -r["val_top1"])
+    distinct = [r for r in rows if r.get("duplicate_of") is None]
+    assert len(distinct) == 8 and len({tuple(sorted(r["steps"].items())) for r in distinct}) == 8
+    feasible = sorted(
+        (r for r in distinct if r["latency_ratio"] <= 0.8), key=lambda r: -r["val_top1"]
+    )
     assert len(feasible) >= 2 and any(r["latency_ratio"] > 0.8 for r in rows)
     assert all(r["meets_budget"] == (r["latency_ratio"] <= 0.8) for r in rows)
     # the most accurate feasible trial missed on re-measurement; the next one was chosen
