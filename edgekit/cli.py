@@ -1145,6 +1145,103 @@ def sweep_cmd(
         raise typer.Exit(1)
 
 
+@app.command("search")
+def search_cmd(
+    weights: Annotated[
+        Path, typer.Option("--weights", help="The trained checkpoint to prune (required).")
+    ],
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="The target measured, e.g. ort-cpu-int8.")
+    ],
+    work_dir: WorkDir = Path("edgekit-search"),
+    budget_ms: Annotated[
+        float | None, typer.Option("--budget-ms", help="p50 latency budget in ms (batch 1).")
+    ] = None,
+    budget_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-ratio",
+            help="Budget as a fraction of the unpruned p50 on the target, measured "
+            "interleaved in the same run (e.g. 0.8).",
+        ),
+    ] = None,
+    trials: Annotated[
+        int, typer.Option("--trials", help="Distinct trials (repeats are not re-run).")
+    ] = 12,
+    finetune_epochs: Annotated[
+        int, typer.Option("--finetune-epochs", help="KD fine-tuning epochs per trial.")
+    ] = 1,
+    train_subset: Annotated[
+        int, typer.Option("--train-subset", help="Training images each trial fine-tunes on.")
+    ] = 5000,
+    val_images: Annotated[
+        int,
+        typer.Option("--val-images", help="Held-out training images that score each trial."),
+    ] = 2000,
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    target_file: TargetFiles = None,
+    importance: Annotated[str, typer.Option("--importance")] = "l2",
+    round_to: Annotated[int, typer.Option("--round-to")] = 8,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Fine-tuning learning rate (default 0.01).")
+    ] = None,
+    distill: Annotated[
+        bool, typer.Option("--distill/--no-distill", help="KD from the unpruned model.")
+    ] = True,
+    rounds: Annotated[
+        int, typer.Option("--rounds", help="Interleaved latency rounds per trial.")
+    ] = 5,
+    threads: Annotated[int, typer.Option("--threads", help="Runtime threads while measuring.")] = 1,
+    exporter: ExporterOpt = "dynamo",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over, replacing a search in WORK.")
+    ] = False,
+):
+    """Search per-stage pruning ratios for the best validation top-1 under a p50 budget.
+
+    Each trial prunes, fine-tunes, exports, lowers to --target and measures p50 beside
+    the unpruned model (Optuna TPE, seeded; uniform ratios first). Writes
+    WORK/search.{json,md,png} and WORK/model.pt (the chosen model). Exit status: 0 when a
+    model meets the budget, 1 when none does (the best latency is named), 2 for bad input."""
+    from edgekit.search import SearchConfig, search
+
+    cfg = SearchConfig(
+        target=target,
+        budget_ms=budget_ms,
+        budget_ratio=budget_ratio,
+        trials=trials,
+        finetune_epochs=finetune_epochs,
+        train_subset=train_subset,
+        val_images=val_images,
+        seed=seed,
+        distill=distill,
+        importance=importance,
+        round_to=round_to,
+        lr=lr,
+        rounds=rounds,
+        threads=threads,
+        exporter=exporter,
+    )
+    search(
+        cfg,
+        work_dir,
+        dataset=dataset,
+        weights=weights,
+        model=model,
+        data_dir=str(data_dir) if data_dir else None,
+        target_files=target_file,
+        device=device,
+        force=force,
+        log=_log,
+    )
+    print((Path(work_dir) / "search.md").read_text())
+    _log(f"wrote {Path(work_dir) / 'search.png'}")
+
+
 @app.command(cls=_PlainUsage)
 def compare(
     a: Annotated[
