@@ -18,7 +18,10 @@ import importlib
 from edgekit.errors import EdgekitError
 
 #: technique name -> module defining ``TECHNIQUE`` (an object implementing the protocol)
-TECHNIQUES: dict[str, str] = {}
+TECHNIQUES: dict[str, str] = {
+    "channel": "edgekit.compress.channel",
+    "lowrank": "edgekit.compress.lowrank",
+}
 
 
 def register(name: str, module: str) -> None:
