@@ -866,6 +866,103 @@ def _prune_output(out: Path) -> Path:
     return out / "model.pt"
 
 
+@app.command("factorize")
+def factorize_cmd(
+    weights: Annotated[Path, typer.Option("--weights", help="Checkpoint to factorize.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output directory (OUT/model.pt is written) or a FILE.pt."
+        ),
+    ],
+    macs: Annotated[
+        float | None,
+        typer.Option("--macs", help="Fraction of MACs to remove, in (0, 1), e.g. 0.5."),
+    ] = None,
+    energy: Annotated[
+        float | None,
+        typer.Option(
+            "--energy",
+            help="Instead of --macs: per layer, keep the singular values holding this "
+            "fraction of sum(s^2), in (0, 1]; a layer is factorized only if that saves MACs.",
+        ),
+    ] = None,
+    ranks: Annotated[
+        str | None,
+        typer.Option(
+            "--ranks",
+            help="Explicit ranks NAME=R[,NAME=R]; alone, or with --macs/--energy for the "
+            "other layers.",
+        ),
+    ] = None,
+    include_first: Annotated[
+        bool, typer.Option("--include-first", help="Also factorize the first convolution.")
+    ] = False,
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    finetune_epochs: Annotated[
+        int | None,
+        typer.Option("--finetune-epochs", help="Default 0, or none with --finetune-minutes."),
+    ] = None,
+    finetune_minutes: FinetuneMinutes = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Fine-tuning learning rate (default 0.01).")
+    ] = None,
+    recipe: RecipeOpt = None,
+    distill: Annotated[
+        bool, typer.Option("--distill", help="KD from the unfactorized model while fine-tuning.")
+    ] = False,
+    device: DeviceOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing output checkpoint.")
+    ] = False,
+):
+    """Low-rank factorization (truncated SVD): each k x k conv becomes a rank-r k x k conv
+    and a 1x1 conv (Zhang et al. 2015); ranks by --macs, --energy or --ranks."""
+    from edgekit.compress import get_technique
+    from edgekit.compress.driver import compress_checkpoint
+    from edgekit.compress.lowrank import parse_ranks
+
+    options: dict = {}
+    if energy is not None:
+        options["energy"] = energy
+    if ranks:
+        options["ranks"] = parse_ranks(ranks)
+    if include_first:
+        options["include_first"] = True
+    get_technique("lowrank").check(macs, options)
+    from edgekit.fileio import require_file
+
+    require_file(weights, "checkpoint")
+    target = _prune_output(out)
+    rec = compress_checkpoint(
+        "lowrank",
+        macs,
+        str(weights),
+        target,
+        dataset,
+        options=options,
+        model=model,
+        data_dir=str(data_dir) if data_dir else None,
+        finetune_epochs=finetune_epochs if finetune_minutes else (finetune_epochs or 0),
+        finetune_minutes=finetune_minutes,
+        lr=lr,
+        recipe=recipe,
+        distill=distill,
+        device=device,
+        force=force,
+        log=_log,
+    )
+    b, a = rec["before"], rec["after"]
+    _log(
+        f"MACs {b['macs'] / 1e6:.2f}M -> {a['macs'] / 1e6:.2f}M "
+        f"(-{1 - a['macs'] / b['macs']:.1%}), params {b['params']} -> {a['params']}, "
+        f"{rec['layers_factorized']} layer(s) factorized"
+    )
+    _log(f"wrote {target}")
+
+
 @app.command("sweep")
 def sweep_cmd(
     work_dir: WorkDir = Path("edgekit-sweep"),
