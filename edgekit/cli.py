@@ -461,11 +461,19 @@ def run(
         float | None,
         typer.Option("--prune-ratio", help="Prune (uniform L2, round_to 8) and fine-tune first."),
     ] = None,
+    compress: Annotated[
+        str | None,
+        typer.Option(
+            "--compress",
+            help="TECHNIQUE:LEVEL, compress and fine-tune first, e.g. lowrank:0.5 (SVD, "
+            "-50% MACs) or channel:0.5 (channel pruning to -50% MACs).",
+        ),
+    ] = None,
     finetune_epochs: Annotated[
         int | None,
         typer.Option(
             "--finetune-epochs",
-            help="With --prune-ratio (default 2, or none with --finetune-minutes).",
+            help="With --prune-ratio/--compress (default 2, or none with --finetune-minutes).",
         ),
     ] = None,
     finetune_minutes: FinetuneMinutes = None,
@@ -496,6 +504,16 @@ def run(
         prune_options["finetune_epochs"] = finetune_epochs
     if finetune_minutes:
         prune_options["finetune_minutes"] = finetune_minutes
+    technique = "channel"
+    if compress is not None:
+        if prune_ratio is not None:
+            raise EdgekitError(
+                "--compress and --prune-ratio both ask for a compression",
+                "keep one: --prune-ratio R is a channel ratio, --compress channel:M a MACs cut",
+            )
+        technique, prune_ratio = parse_compress(compress)
+        if technique == "channel":
+            prune_options["by"] = "macs"  # the channel technique's level is a MACs cut
     res = api.run(
         model,
         dataset,
@@ -519,6 +537,7 @@ def run(
         label=label,
         prune_ratio=prune_ratio,
         prune_options=prune_options,
+        technique=technique,
         force=force,
         log=_log,
         show_progress=True,
@@ -762,6 +781,27 @@ KdFeatures = Annotated[
 ]
 
 
+def parse_compress(text: str) -> tuple[str, float]:
+    """``"lowrank:0.5"`` -> ``("lowrank", 0.5)``; the name is checked against the registry.
+
+    Raises:
+        EdgekitError: not ``NAME:LEVEL`` with a number, or an unknown technique.
+    """
+    from edgekit.compress import get_technique
+
+    name, colon, level = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        value = float(level)
+    except ValueError:
+        raise EdgekitError(
+            f"--compress wants TECHNIQUE:LEVEL, got {text!r}", "e.g. --compress lowrank:0.5"
+        ) from None
+    get_technique(name.strip())
+    return name.strip(), value
+
+
 def _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, ignore, by):
     from edgekit.prune import PruneConfig, parse_layer_ratios
 
@@ -967,6 +1007,14 @@ def factorize_cmd(
 def sweep_cmd(
     work_dir: WorkDir = Path("edgekit-sweep"),
     ratios: Annotated[str, typer.Option("--ratios", help="e.g. 0,0.3,0.5,0.7")] = "0,0.3,0.5,0.7",
+    technique: Annotated[
+        str,
+        typer.Option(
+            "--technique",
+            help="What the ratios are levels of: channel (channel pruning, as --by says), "
+            "lowrank (SVD, fraction of MACs removed), ...; a comma list runs each.",
+        ),
+    ] = "channel",
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = None,
@@ -997,7 +1045,8 @@ def sweep_cmd(
         typer.Option("--force", help="Redo every ratio, replacing WORK/r*/ and the sweep report."),
     ] = False,
 ):
-    """Prune at several ratios, fine-tune, lower to targets: WORK/sweep.{json,md,png}.
+    """Prune (or --technique lowrank, ...) at several ratios, fine-tune, lower to targets:
+    WORK/sweep.{json,md,png}.
 
     The report is rewritten after every ratio; running the same command again
     resumes (finished ratios are skipped). A ratio that fails is a row, not an
@@ -1039,6 +1088,7 @@ def sweep_cmd(
         spec,
         work_dir,
         rs,
+        techniques=[t.strip() for t in technique.split(",") if t.strip()],
         targets=names,
         target_files=target_file,
         cfg=cfg,
