@@ -267,3 +267,12 @@ def test_sweep_with_technique_lowrank_runs_the_pipeline(tmp_path, tiny_npz, tiny
               threads=1, log=lambda *_: None)  # fmt: skip
     with pytest.raises(EdgekitError, match="unknown compression technique"):
         sweep(spec, tmp_path / "t", [0.5], techniques=["svd"], log=lambda *_: None)
+
+
+def test_run_compress_bad_input_exits_2_before_any_work(tmp_path):
+    for spec, pattern in (
+        ("svd:0.5", "unknown compression technique 'svd'"),
+        ("lowrank:1.5", "MACs reduction 1.5 is outside (0, 1)"),
+    ):
+        _user_error(_edgekit("run", "--compress", spec, "-w", tmp_path / "w"), pattern)
+    assert not (tmp_path / "w").exists()
