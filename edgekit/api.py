@@ -711,6 +711,8 @@ def run(
     label: str | None = None,
     prune_ratio: float | None = None,
     prune_options: dict | None = None,
+    technique: str = "channel",
+    compress_options: dict | None = None,
     force: bool = False,
     log=_quiet,
     show_progress: bool = False,
@@ -722,11 +724,18 @@ def run(
     named targets, pytorch-fp32 (the baseline of speedup and drop) is added. The
     report (``report.json``/``.csv``/``.md`` and plots) is written into ``work_dir``.
 
+    ``technique`` (:mod:`edgekit.compress`) says what ``prune_ratio`` is a level of:
+    ``channel`` (the default) prunes channels with ``prune_options`` as ``edgekit prune``
+    does (a channel ratio); another technique, e.g. ``lowrank``, compresses at level
+    ``prune_ratio`` (for ``lowrank``: the fraction of MACs removed) with
+    ``compress_options``, then fine-tunes with the fine-tuning keys of ``prune_options``.
+
     Raises:
         EdgekitError: bad input, found before anything is written (unknown targets
-            included).
+            and techniques included).
     """
     from edgekit.harness import check_threads
+    from edgekit.pipeline import check_compression
     from edgekit.pipeline import run as run_pipeline
 
     for w in check_threads(threads):
@@ -736,7 +745,7 @@ def run(
     if names and "pytorch-fp32" not in names:
         names.insert(0, "pytorch-fp32")
     check_target_names(names, target_files)  # a typo: exit 2 before any work (issue 15)
-    if prune_ratio is not None and not 0 <= prune_ratio < 1:  # NaN too
+    if technique == "channel" and prune_ratio is not None and not 0 <= prune_ratio < 1:  # NaN
         raise EdgekitError(
             f"--prune-ratio must be in [0, 1), got {prune_ratio}", "e.g. --prune-ratio 0.5"
         )
@@ -756,6 +765,9 @@ def run(
     )
     spec.prune_ratio = prune_ratio
     spec.prune_options = dict(prune_options or {})
+    spec.technique = technique
+    spec.compress_options = dict(compress_options or {})
+    check_compression(spec)
     cfg = measure_options(config or bench_config(quick), accuracy_images, rounds)
     rows = run_pipeline(
         spec,

@@ -465,11 +465,19 @@ def run(
         float | None,
         typer.Option("--prune-ratio", help="Prune (uniform L2, round_to 8) and fine-tune first."),
     ] = None,
+    compress: Annotated[
+        str | None,
+        typer.Option(
+            "--compress",
+            help="TECHNIQUE:LEVEL, compress and fine-tune first, e.g. lowrank:0.5 (SVD, "
+            "-50% MACs) or channel:0.5 (channel pruning to -50% MACs).",
+        ),
+    ] = None,
     finetune_epochs: Annotated[
         int | None,
         typer.Option(
             "--finetune-epochs",
-            help="With --prune-ratio (default 2, or none with --finetune-minutes).",
+            help="With --prune-ratio/--compress (default 2, or none with --finetune-minutes).",
         ),
     ] = None,
     finetune_minutes: FinetuneMinutes = None,
@@ -500,6 +508,16 @@ def run(
         prune_options["finetune_epochs"] = finetune_epochs
     if finetune_minutes:
         prune_options["finetune_minutes"] = finetune_minutes
+    technique = "channel"
+    if compress is not None:
+        if prune_ratio is not None:
+            raise EdgekitError(
+                "--compress and --prune-ratio both ask for a compression",
+                "keep one: --prune-ratio R is a channel ratio, --compress channel:M a MACs cut",
+            )
+        technique, prune_ratio = parse_compress(compress)
+        if technique == "channel":
+            prune_options["by"] = "macs"  # the channel technique's level is a MACs cut
     res = api.run(
         model,
         dataset,
@@ -523,6 +541,7 @@ def run(
         label=label,
         prune_ratio=prune_ratio,
         prune_options=prune_options,
+        technique=technique,
         force=force,
         log=_log,
         show_progress=True,
@@ -764,6 +783,27 @@ KdFeatures = Annotated[
         "Helps short fine-tunes; see docs/pruning.md. 0 = logits only.",
     ),
 ]
+
+
+def parse_compress(text: str) -> tuple[str, float]:
+    """``"lowrank:0.5"`` -> ``("lowrank", 0.5)``; the name is checked against the registry.
+
+    Raises:
+        EdgekitError: not ``NAME:LEVEL`` with a number, or an unknown technique.
+    """
+    from edgekit.compress import get_technique
+
+    name, colon, level = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        value = float(level)
+    except ValueError:
+        raise EdgekitError(
+            f"--compress wants TECHNIQUE:LEVEL, got {text!r}", "e.g. --compress lowrank:0.5"
+        ) from None
+    get_technique(name.strip())
+    return name.strip(), value
 
 
 def _prune_config(ratio, layer_ratio, global_, importance, steps, round_to, ignore, by):
@@ -1056,10 +1096,115 @@ def cluster_cmd(
     )  # fmt: skip
 
 
+@app.command("factorize")
+def factorize_cmd(
+    weights: Annotated[Path, typer.Option("--weights", help="Checkpoint to factorize.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output directory (OUT/model.pt is written) or a FILE.pt."
+        ),
+    ],
+    macs: Annotated[
+        float | None,
+        typer.Option("--macs", help="Fraction of MACs to remove, in (0, 1), e.g. 0.5."),
+    ] = None,
+    energy: Annotated[
+        float | None,
+        typer.Option(
+            "--energy",
+            help="Instead of --macs: per layer, keep the singular values holding this "
+            "fraction of sum(s^2), in (0, 1]; a layer is factorized only if that saves MACs.",
+        ),
+    ] = None,
+    ranks: Annotated[
+        str | None,
+        typer.Option(
+            "--ranks",
+            help="Explicit ranks NAME=R[,NAME=R]; alone, or with --macs/--energy for the "
+            "other layers.",
+        ),
+    ] = None,
+    include_first: Annotated[
+        bool, typer.Option("--include-first", help="Also factorize the first convolution.")
+    ] = False,
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    finetune_epochs: Annotated[
+        int | None,
+        typer.Option("--finetune-epochs", help="Default 0, or none with --finetune-minutes."),
+    ] = None,
+    finetune_minutes: FinetuneMinutes = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Fine-tuning learning rate (default 0.01).")
+    ] = None,
+    recipe: RecipeOpt = None,
+    distill: Annotated[
+        bool, typer.Option("--distill", help="KD from the unfactorized model while fine-tuning.")
+    ] = False,
+    device: DeviceOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing output checkpoint.")
+    ] = False,
+):
+    """Low-rank factorization (truncated SVD): each k x k conv becomes a rank-r k x k conv
+    and a 1x1 conv (Zhang et al. 2015); ranks by --macs, --energy or --ranks."""
+    from edgekit.compress import get_technique
+    from edgekit.compress.driver import compress_checkpoint
+    from edgekit.compress.lowrank import parse_ranks
+
+    options: dict = {}
+    if energy is not None:
+        options["energy"] = energy
+    if ranks:
+        options["ranks"] = parse_ranks(ranks)
+    if include_first:
+        options["include_first"] = True
+    get_technique("lowrank").check(macs, options)
+    from edgekit.fileio import require_file
+
+    require_file(weights, "checkpoint")
+    target = _prune_output(out)
+    rec = compress_checkpoint(
+        "lowrank",
+        macs,
+        str(weights),
+        target,
+        dataset,
+        options=options,
+        model=model,
+        data_dir=str(data_dir) if data_dir else None,
+        finetune_epochs=finetune_epochs if finetune_minutes else (finetune_epochs or 0),
+        finetune_minutes=finetune_minutes,
+        lr=lr,
+        recipe=recipe,
+        distill=distill,
+        device=device,
+        force=force,
+        log=_log,
+    )
+    b, a = rec["before"], rec["after"]
+    _log(
+        f"MACs {b['macs'] / 1e6:.2f}M -> {a['macs'] / 1e6:.2f}M "
+        f"(-{1 - a['macs'] / b['macs']:.1%}), params {b['params']} -> {a['params']}, "
+        f"{rec['layers_factorized']} layer(s) factorized"
+    )
+    _log(f"wrote {target}")
+
+
 @app.command("sweep")
 def sweep_cmd(
     work_dir: WorkDir = Path("edgekit-sweep"),
     ratios: Annotated[str, typer.Option("--ratios", help="e.g. 0,0.3,0.5,0.7")] = "0,0.3,0.5,0.7",
+    technique: Annotated[
+        str,
+        typer.Option(
+            "--technique",
+            help="What the ratios are levels of: channel (channel pruning, as --by says), "
+            "lowrank (SVD, fraction of MACs removed), ...; a comma list runs each.",
+        ),
+    ] = "channel",
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = None,
@@ -1090,7 +1235,8 @@ def sweep_cmd(
         typer.Option("--force", help="Redo every ratio, replacing WORK/r*/ and the sweep report."),
     ] = False,
 ):
-    """Prune at several ratios, fine-tune, lower to targets: WORK/sweep.{json,md,png}.
+    """Prune (or --technique lowrank, ...) at several ratios, fine-tune, lower to targets:
+    WORK/sweep.{json,md,png}.
 
     The report is rewritten after every ratio; running the same command again
     resumes (finished ratios are skipped). A ratio that fails is a row, not an
@@ -1132,6 +1278,7 @@ def sweep_cmd(
         spec,
         work_dir,
         rs,
+        techniques=[t.strip() for t in technique.split(",") if t.strip()],
         targets=names,
         target_files=target_file,
         cfg=cfg,

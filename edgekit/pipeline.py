@@ -189,6 +189,13 @@ class ModelSpec:
     prune_options: dict = field(
         default_factory=dict
     )  # PruneConfig fields, finetune_epochs, finetune_minutes, recipe, lr, distill, kd_features
+    #: the compression technique ``prune_ratio`` is a level of (:mod:`edgekit.compress`):
+    #: ``channel`` is structured pruning as before (``prune_options`` a PruneConfig, the
+    #: ratio a channel ratio unless ``by="macs"``); any other registered name runs
+    #: :func:`edgekit.compress.driver.compress_model` at level ``prune_ratio`` with
+    #: ``compress_options`` and the fine-tuning keys of ``prune_options``
+    technique: str = "channel"
+    compress_options: dict = field(default_factory=dict)
     device: str | None = None  # training/fine-tuning device: auto|cpu|cuda|cuda:N (None = auto)
     #: an in-memory ``torch.nn.Module`` (the Python API): exported as it is, never trained;
     #: the work directory then has no ``model.pt`` (no factory can rebuild it in another
@@ -234,6 +241,7 @@ def prepare(
     ws = Workspace(Path(work))
     if ws.root.exists() and not ws.root.is_dir():
         raise EdgekitError(f"{ws.root} exists and is not a directory")
+    check_compression(spec)
     if spec.module is not None:
         _check_module(spec)  # before the work directory is created
     with ws.lock():
@@ -308,7 +316,10 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
             )
         model.cpu()
     prune_record = None
-    if spec.prune_ratio:
+    compress_record = meta.get("compression")  # a compressed checkpoint's own record
+    if spec.prune_ratio and spec.technique != "channel":
+        compress_record = _compress(spec, model, ds, pre, model_name, dev, log)
+    elif spec.prune_ratio:
         from edgekit.prune import PruneConfig, finetune_config, prune_and_finetune
 
         opts = dict(spec.prune_options)
@@ -343,8 +354,10 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
             device=dev,
         )
         prune_record = {**res.to_dict(), "finetune_history": ft_hist}
-    trained = (spec.weights is None and spec.module is None) or bool(
-        prune_record and prune_record["finetune_history"]
+    trained = (
+        (spec.weights is None and spec.module is None)
+        or bool(prune_record and prune_record["finetune_history"])
+        or bool(spec.prune_ratio and compress_record and compress_record.get("finetune_history"))
     )
     train_device = device_name(dev) if trained else None
     # --weights WORK/model.pt --force: the user's input is about to be rewritten; keep its
@@ -365,6 +378,7 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
             t0,
             log,
             train_device,
+            compress_record,
         )
     except BaseException:
         # leave no half-made workspace that looks valid, and never lose the user's --weights
@@ -377,6 +391,64 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
     if ws.artifacts.is_dir() or ws.artifacts.is_symlink():  # --force: stale artifacts now
         remove_tree(ws.artifacts, ws.root)
     return ws
+
+
+def _compress(spec: ModelSpec, model, ds, pre, model_name: str, dev, log) -> dict:
+    """Compress ``model`` in place with ``spec.technique`` at level ``spec.prune_ratio``.
+
+    Fine-tuning as for pruning (:func:`edgekit.prune.finetune_config`): 2 epochs by
+    default, ``finetune_epochs``/``finetune_minutes``/``recipe``/``lr``/``distill`` from
+    ``spec.prune_options``.
+
+    Returns:
+        The record of :func:`edgekit.compress.driver.compress_model`, with
+        ``finetune_history``.
+    """
+    from edgekit.compress.driver import compress_model
+    from edgekit.prune import finetune_config
+
+    opts = dict(spec.prune_options)
+    ft_minutes = opts.pop("finetune_minutes", None)
+    ft_epochs = opts.pop("finetune_epochs", None if ft_minutes else 2)
+    distill = bool(opts.pop("distill", False))
+    tcfg = finetune_config(
+        opts.pop("recipe", None), ft_epochs, ft_minutes, opts.pop("lr", None), seed=spec.seed
+    )
+    budget = [f"{ft_epochs} epoch(s)"] if ft_epochs is not None else []
+    budget += [f"at most {ft_minutes:g} min"] if ft_minutes else []
+    log(
+        f"compressing {model_name}: {spec.technique} at level {spec.prune_ratio:g}, then "
+        f"{', '.join(budget)} of fine-tuning on {dev}{' with distillation' if distill else ''}"
+    )
+    record, hist = compress_model(
+        model,
+        spec.technique,
+        spec.prune_ratio,
+        ds.split("train"),
+        pre,
+        options=spec.compress_options,
+        train_cfg=tcfg,
+        hflip=ds.hflip,
+        distill=distill,
+        device=dev,
+        log=log,
+    )
+    return {**record, "finetune_history": hist}
+
+
+def check_compression(spec: ModelSpec) -> None:
+    """Check ``spec.technique`` and its level before any work.
+
+    Raises:
+        EdgekitError: an unknown technique; a level or option the technique refuses.
+    """
+    if spec.technique == "channel":
+        return  # edgekit.prune's path; its PruneConfig is validated where it is built
+    from edgekit.compress import get_technique
+
+    tech = get_technique(spec.technique)
+    if spec.prune_ratio is not None:
+        tech.check(spec.prune_ratio, dict(spec.compress_options))
 
 
 def in_memory_name(module) -> str:
@@ -445,7 +517,19 @@ def check_only_artifacts(ws: Workspace) -> None:
 
 
 def _write_workspace(
-    ws, spec, ds, model, model_name, num_classes, pre, history, prune_record, t0, log, train_device
+    ws,
+    spec,
+    ds,
+    model,
+    model_name,
+    num_classes,
+    pre,
+    history,
+    prune_record,
+    t0,
+    log,
+    train_device,
+    compress_record=None,
 ):
     from edgekit.data import absolute_dataset
     from edgekit.export import export_onnx
@@ -466,6 +550,7 @@ def _write_workspace(
             history=history or [],
             dataset=ds.name,
             device=train_device,
+            **({"compression": compress_record} if compress_record else {}),
         )
     x = pre.apply(ds.test.x[:64])
     check = export_onnx(
@@ -496,6 +581,7 @@ def _write_workspace(
             "export_check": check.to_dict(),
             "seed": spec.seed,
             "pruning": prune_record,
+            "compression": compress_record,
             "train_device": train_device,
             "seconds": round(time.perf_counter() - t0, 1),
         },

@@ -6,6 +6,11 @@ the pruned module (which would need ``weights_only=False``), edgekit records
 each layer's channel counts (:func:`describe_structure`) and, at load time,
 rebuilds the factory's model and resizes those layers (:func:`apply_structure`)
 before loading the weights.
+
+Low-rank factorization (:mod:`edgekit.compress.lowrank`) replaces a convolution by a
+:class:`edgekit.layers.LowRankConv2d`; its entry (``LowRankConv2d``: ``in``, ``out``,
+``rank``) makes :func:`apply_structure` swap the factory's ``nn.Conv2d`` for one, with
+the original's kernel, stride, padding, dilation and bias.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgekit.errors import EdgekitError
+from edgekit.layers import LowRankConv2d
 from edgekit.schema import Choice, Dict, Int, MapOf, Str, validate
 
 #: Largest channel count (or padding) a recorded structure may ask for.
@@ -26,7 +32,10 @@ ENTRY_SCHEMAS = {
     "BatchNorm2d": Dict({"type": Str(), "features": _DIM}),
     "Linear": Dict({"type": Str(), "in": _DIM, "out": _DIM}),
     "PadShortcut": Dict({"type": Str(), "before": _PAD, "after": _PAD}),
+    "LowRankConv2d": Dict({"type": Str(), "in": _DIM, "out": _DIM, "rank": _DIM}),
 }
+#: entry type -> the module types (by ``_attrs`` type) a recorded entry may replace
+_REPLACES = {"LowRankConv2d": ("Conv2d", "LowRankConv2d")}
 
 
 def check_structure(structure, where: str) -> None:
@@ -64,6 +73,8 @@ def _is_pad_shortcut(m: nn.Module) -> bool:
 
 
 def _attrs(m: nn.Module) -> dict | None:
+    if isinstance(m, LowRankConv2d):
+        return {"type": "LowRankConv2d", "in": m.in_channels, "out": m.out_channels, "rank": m.rank}
     if isinstance(m, nn.Conv2d):
         return {"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
     if isinstance(m, nn.BatchNorm2d):
@@ -83,7 +94,12 @@ def describe_structure(model: nn.Module, reference: nn.Module | None = None) -> 
     """
     ref = {n: _attrs(m) for n, m in reference.named_modules()} if reference is not None else {}
     out = {}
+    inside: list[str] = []  # LowRankConv2d modules: their two convs follow from the entry
     for name, m in model.named_modules():
+        if any(name.startswith(f"{p}.") for p in inside):
+            continue
+        if isinstance(m, LowRankConv2d):
+            inside.append(name)
         a = _attrs(m)
         if a is not None and a != ref.get(name):
             out[name] = a
@@ -96,6 +112,10 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _kernel(m: nn.Module) -> tuple[int, ...]:
+    return tuple((m.reduce if isinstance(m, LowRankConv2d) else m).kernel_size)
+
+
 def _implied_shapes(m: nn.Module, name: str, a: dict, sd: dict) -> dict[str, tuple[int, ...]]:
     """The state-dict tensor shapes a structure entry implies for layer ``m``."""
     if a["type"] == "Conv2d":
@@ -106,6 +126,11 @@ def _implied_shapes(m: nn.Module, name: str, a: dict, sd: dict) -> dict[str, tup
         return {k: (a["features"],) for k in keys or [f"{name}.weight"]}
     if a["type"] == "Linear":
         return {f"{name}.weight": (a["out"], a["in"])}
+    if a["type"] == "LowRankConv2d":
+        return {
+            f"{name}.reduce.weight": (a["rank"], a["in"], *_kernel(m)),
+            f"{name}.expand.weight": (a["out"], a["rank"], 1, 1),
+        }
     return {}
 
 
@@ -138,7 +163,7 @@ def apply_structure(
                 f"checkpoint structure names layer {name!r}, which this model does not have"
             ) from None
         cur = _attrs(m)
-        if cur is None or cur["type"] != a.get("type"):
+        if cur is None or cur["type"] not in _REPLACES.get(a["type"], (a["type"],)):
             raise EdgekitError(
                 f"checkpoint structure says {name!r} is a {a.get('type')}, "
                 f"the model has {type(m).__name__}"
@@ -155,7 +180,27 @@ def apply_structure(
                         f"{list(shape)}, but the checkpoint has {got}",
                         "the checkpoint is corrupt or was edited; save it again with edgekit",
                     )
-        if a["type"] == "Conv2d":
+        if a["type"] == "LowRankConv2d":
+            conv = m.reduce if isinstance(m, LowRankConv2d) else m
+            if conv.groups != 1:
+                raise EdgekitError(
+                    f"{where}: structure says {name} is a LowRankConv2d, but the model's "
+                    f"layer is a grouped convolution (groups {conv.groups})",
+                    "the checkpoint is corrupt or was edited; save it again with edgekit",
+                )
+            bias = (m.expand if isinstance(m, LowRankConv2d) else m).bias is not None
+            new = LowRankConv2d(
+                a["in"],
+                a["out"],
+                a["rank"],
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                bias,
+                conv.padding_mode,
+            )
+        elif a["type"] == "Conv2d":
             new = nn.Conv2d(
                 a["in"],
                 a["out"],

@@ -20,6 +20,8 @@ from edgekit.errors import EdgekitError
 #: technique name -> module defining ``TECHNIQUE`` (an object implementing the protocol),
 #: or ``module:ATTR`` for a module defining several techniques
 TECHNIQUES: dict[str, str] = {
+    "channel": "edgekit.compress.channel",
+    "lowrank": "edgekit.compress.lowrank",
     "unstructured": "edgekit.compress.sparsity",
     "2:4": "edgekit.compress.sparsity:TWO_FOUR",
     "cluster": "edgekit.compress.cluster",
