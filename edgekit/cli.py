@@ -1128,6 +1128,14 @@ def factorize_cmd(
     include_first: Annotated[
         bool, typer.Option("--include-first", help="Also factorize the first convolution.")
     ] = False,
+    round_to: Annotated[
+        int,
+        typer.Option(
+            "--round-to",
+            help="Round chosen ranks up to a multiple of this (INT8 CPU kernels want "
+            "multiples of 4-8; 1 keeps exact ranks).",
+        ),
+    ] = 8,
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = None,
@@ -1161,6 +1169,7 @@ def factorize_cmd(
         options["ranks"] = parse_ranks(ranks)
     if include_first:
         options["include_first"] = True
+    options["round_to"] = round_to
     get_technique("lowrank").check(macs, options)
     from edgekit.fileio import require_file
 

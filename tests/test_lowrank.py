@@ -68,11 +68,29 @@ def test_truncated_ranks_lower_the_macs_as_computed():
     assert rec["ranks"] == ranks and rec["layers_factorized"] == 2
 
 
+def test_ranks_are_rounded_to_multiples_of_8_by_default():
+    """INT8 CPU kernels want channel counts in multiples of 4-8 (MLAS ConvSym needs input
+    channels % 4 == 0): by default every chosen rank is a multiple of 8 or the full rank,
+    and the level is still reached."""
+    m = _resnet8()
+    before = _macs(m)
+    rec = get_technique("lowrank").apply(m, EXAMPLE, 0.3, {}, lambda *_: None)
+    assert rec["round_to"] == 8 and rec["ranks"]
+    assert all(r % 8 == 0 or r == rec["full_ranks"][n] for n, r in rec["ranks"].items())
+    assert 1 - _macs(m) / before >= 0.3
+    exact = get_technique("lowrank").apply(_resnet8(), EXAMPLE, 0.3, {"round_to": 1}, print)
+    assert any(r % 8 for r in exact["ranks"].values())  # the rounding did something
+    for bad in (0, -8, 2.5, True):
+        with pytest.raises(EdgekitError, match="round_to"):
+            get_technique("lowrank").check(0.3, {"round_to": bad})
+
+
 @pytest.mark.parametrize("level", [0.3, 0.5])
 def test_the_level_search_reaches_the_asked_macs(level):
     m = _resnet8()
     before = _macs(m)
-    rec = get_technique("lowrank").apply(m, EXAMPLE, level, {}, lambda *_: None)
+    opts = {"round_to": 1}  # exact ranks: the search can land close to the level
+    rec = get_technique("lowrank").apply(m, EXAMPLE, level, opts, lambda *_: None)
     cut = 1 - _macs(m) / before
     assert level <= cut < level + 0.05, cut
     assert 0 < rec["energy_threshold"] < 1
