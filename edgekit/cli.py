@@ -987,7 +987,14 @@ def _compress(
 
 
 def compression_summary(rec: dict) -> str:
-    """One line on what a sparsity or clustering record measured."""
+    """One line on what a compression record measured (MACs, sparsity or codebook)."""
+    if "layers_factorized" in rec:
+        b, a = rec["before"], rec["after"]
+        return (
+            f"MACs {b['macs'] / 1e6:.2f}M -> {a['macs'] / 1e6:.2f}M "
+            f"(-{1 - a['macs'] / b['macs']:.1%}), params {b['params']} -> {a['params']}, "
+            f"{rec['layers_factorized']} layer(s) factorized"
+        )
     s = rec.get("sparsity_reached")
     if s:
         line = (
@@ -1158,8 +1165,6 @@ def factorize_cmd(
 ):
     """Low-rank factorization (truncated SVD): each k x k conv becomes a rank-r k x k conv
     and a 1x1 conv (Zhang et al. 2015); ranks by --macs, --energy or --ranks."""
-    from edgekit.compress import get_technique
-    from edgekit.compress.driver import compress_checkpoint
     from edgekit.compress.lowrank import parse_ranks
 
     options: dict = {}
@@ -1170,36 +1175,10 @@ def factorize_cmd(
     if include_first:
         options["include_first"] = True
     options["round_to"] = round_to
-    get_technique("lowrank").check(macs, options)
-    from edgekit.fileio import require_file
-
-    require_file(weights, "checkpoint")
-    target = _prune_output(out)
-    rec = compress_checkpoint(
-        "lowrank",
-        macs,
-        str(weights),
-        target,
-        dataset,
-        options=options,
-        model=model,
-        data_dir=str(data_dir) if data_dir else None,
-        finetune_epochs=finetune_epochs if finetune_minutes else (finetune_epochs or 0),
-        finetune_minutes=finetune_minutes,
-        lr=lr,
-        recipe=recipe,
-        distill=distill,
-        device=device,
-        force=force,
-        log=_log,
-    )
-    b, a = rec["before"], rec["after"]
-    _log(
-        f"MACs {b['macs'] / 1e6:.2f}M -> {a['macs'] / 1e6:.2f}M "
-        f"(-{1 - a['macs'] / b['macs']:.1%}), params {b['params']} -> {a['params']}, "
-        f"{rec['layers_factorized']} layer(s) factorized"
-    )
-    _log(f"wrote {target}")
+    _compress(
+        "lowrank", macs, options, weights, out, dataset, data_dir, model, finetune_epochs,
+        finetune_minutes, lr, recipe, distill, device, force,
+    )  # fmt: skip
 
 
 @app.command("sweep")
