@@ -79,6 +79,7 @@ def accuracy(args) -> dict:
     x = torch.zeros(1, 3, 32, 32)
     tech = get_technique("lowrank")
     opts = {"energy": args.energy} if args.energy else {}
+    opts["round_to"] = args.round_to
     level = None if args.energy else args.macs
     tech.check(level, opts)
     before = model_stats(student, x)
@@ -185,6 +186,9 @@ def main() -> None:
     a = sub.add_parser("accuracy")
     a.add_argument("--macs", type=float, default=0.5, help="fraction of MACs removed")
     a.add_argument("--energy", type=float, default=None, help="energy threshold instead")
+    a.add_argument(
+        "--round-to", type=int, default=8, help="rank multiple (1: exact ranks, as before)"
+    )
     a.add_argument("--epochs", type=int, default=8)
     a.add_argument("--train-subset", type=int, default=None, help="class-balanced images")
     a.add_argument("--threads", type=int, default=1)
