@@ -709,11 +709,8 @@ def prune_checkpoint(
         EdgekitError: see :func:`prune_model`; ``out`` exists without ``force``;
             ``kd_features`` without ``distill``; a CUDA device that is not there.
     """
-    from edgekit.data import load_dataset
-    from edgekit.device import device_name, resolve_device
+    from edgekit.device import resolve_device
     from edgekit.fileio import check_writable
-    from edgekit.models import load_model, model_normalization, save_checkpoint
-    from edgekit.preprocess import resolve_preprocess
     from edgekit.train import evaluate
 
     dev = resolve_device(device)
@@ -721,10 +718,7 @@ def prune_checkpoint(
     cfg.validate()
     check_kd_features(kd_features, distill)
     tcfg = finetune_config(recipe, finetune_epochs, finetune_minutes, lr, kd_features=kd_features)
-    ds = load_dataset(dataset, data_dir)
-    m, meta = load_model(model, weights, None if meta_has_classes(weights) else ds.num_classes)
-    name = meta.get("model", model)
-    pre = resolve_preprocess(ds, model_normalization(name), None, meta)
+    ds, m, meta, name, pre = load_for_finetune(weights, model, dataset, data_dir)
     res, hist = prune_and_finetune(
         m,
         ds.split("train"),
@@ -740,21 +734,55 @@ def prune_checkpoint(
     m.cpu()
     tuned = " and fine-tuning" if hist else ""
     log(f"test top-1 after pruning{tuned}: {top1:.2f}%")
+    save_finetuned(
+        out, m, name, meta, ds, pre, hist, dev, tcfg, force,
+        pruning={**res.to_dict(), "test_top1": top1},
+    )  # fmt: skip
+    return res
+
+
+def load_for_finetune(weights: str, model: str | None, dataset: str, data_dir: str | None):
+    """What ``edgekit prune`` and the compress commands load before changing a checkpoint.
+
+    Returns:
+        ``(dataset, model, checkpoint metadata, model name, preprocess)``; the model name
+        is the checkpoint's own, else ``model`` (None when neither names one).
+
+    Raises:
+        EdgekitError: the dataset or the checkpoint cannot be loaded.
+    """
+    from edgekit.data import load_dataset
+    from edgekit.models import load_model, model_normalization
+    from edgekit.preprocess import resolve_preprocess
+
+    ds = load_dataset(dataset, data_dir)
+    m, meta = load_model(model, weights, None if meta_has_classes(weights) else ds.num_classes)
+    name = meta.get("model", model)
+    pre = resolve_preprocess(ds, model_normalization(name), None, meta)
+    return ds, m, meta, name, pre
+
+
+def save_finetuned(out, model, name, meta, ds, pre, history, device, train_cfg, force, **record):
+    """Save a pruned or compressed, fine-tuned model as an edgekit checkpoint (atomically),
+    with what it came from: classes, preprocessing, dataset, fine-tuning history, device
+    and settings, plus ``record`` (``pruning=...`` or ``compression=...``)."""
+    from edgekit.device import device_name
+    from edgekit.models import save_checkpoint
+
     save_checkpoint(
         out,
-        m,
+        model,
         name,
         meta.get("num_classes", ds.num_classes),
         force=force,
         classes=list(ds.classes),
         preprocess=pre.to_dict(),
         dataset=ds.name,
-        history=hist,
-        device=device_name(dev),
-        finetune_config=tcfg.to_dict(),
-        pruning={**res.to_dict(), "test_top1": top1},
+        history=history,
+        device=device_name(device),
+        finetune_config=train_cfg.to_dict(),
+        **record,
     )
-    return res
 
 
 def meta_has_classes(weights: str) -> bool:

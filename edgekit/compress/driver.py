@@ -118,24 +118,18 @@ def compress_checkpoint(
             the technique; a CUDA device that is not there. All before fine-tuning.
     """
     from edgekit.compress import get_technique
-    from edgekit.data import load_dataset
-    from edgekit.device import device_name, resolve_device
+    from edgekit.device import resolve_device
     from edgekit.fileio import check_writable
-    from edgekit.models import load_model, model_normalization, save_checkpoint
-    from edgekit.preprocess import resolve_preprocess
-    from edgekit.prune import finetune_config, meta_has_classes
+    from edgekit.prune import finetune_config, load_for_finetune, save_finetuned
     from edgekit.train import evaluate
 
     get_technique(technique).check(level, dict(options or {}))
     dev = resolve_device(device)
     check_writable(out, force)
     tcfg = finetune_config(recipe, finetune_epochs, finetune_minutes, lr)
-    ds = load_dataset(dataset, data_dir)
-    m, meta = load_model(model, weights, None if meta_has_classes(weights) else ds.num_classes)
-    name = meta.get("model", model)
+    ds, m, meta, name, pre = load_for_finetune(weights, model, dataset, data_dir)
     if name is None:
         raise EdgekitError("the checkpoint does not name its model", "pass --model")
-    pre = resolve_preprocess(ds, model_normalization(name), None, meta)
     record, hist = compress_model(
         m,
         technique,
@@ -153,18 +147,5 @@ def compress_checkpoint(
     m.cpu()
     log(f"test top-1 after {technique}: {top1:.2f}%")
     record["test_top1"] = top1
-    save_checkpoint(
-        out,
-        m,
-        name,
-        meta.get("num_classes", ds.num_classes),
-        force=force,
-        classes=list(ds.classes),
-        preprocess=pre.to_dict(),
-        dataset=ds.name,
-        history=hist,
-        device=device_name(dev),
-        finetune_config=tcfg.to_dict(),
-        compression=record,
-    )
+    save_finetuned(out, m, name, meta, ds, pre, hist, dev, tcfg, force, compression=record)
     return record
