@@ -199,6 +199,7 @@ def main() -> None:
     a.add_argument("--save", default=None, help="write the result as an edgekit checkpoint")
     s = sub.add_parser("speed")
     s.add_argument("--macs", type=float, default=0.5)
+    s.add_argument("--round-to", type=int, default=8, help="rank multiple (1: exact ranks)")
     s.add_argument("--rounds", type=int, default=7)
     s.add_argument("--model", choices=["resnet20", "resnet18"], default="resnet20")
     s.add_argument("--min-duration", type=float, default=2.0, help="seconds per row per round")
@@ -212,7 +213,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
 
-def _models(macs: float, model: str = "resnet20"):
+def _models(macs: float, model: str = "resnet20", round_to: int = 8):
     """The unpruned model, SVD at ``macs``, and channel pruning at about the same MACs.
 
     ResNet-20: pruning.py's -50.1% model (channel ratios, round_to 1). ResNet-18 (the
@@ -230,7 +231,7 @@ def _models(macs: float, model: str = "resnet20"):
         base = build_model(model, 10).eval()
     x = torch.zeros(1, 3, 32, 32)
     svd = copy.deepcopy(base)
-    rec = get_technique("lowrank").apply(svd, x, macs, {}, print)
+    rec = get_technique("lowrank").apply(svd, x, macs, {"round_to": round_to}, print)
     chan = copy.deepcopy(base)
     if model == "resnet20":
         pcfg = PruneConfig(
@@ -250,7 +251,7 @@ def speed(args) -> dict:
     from edgekit.harness import BenchConfig
 
     torch.set_num_threads(1)
-    models, stats, rec = _models(args.macs, args.model)
+    models, stats, rec = _models(args.macs, args.model, args.round_to)
     base = stats["unpruned"]["macs"]
     for k, st in stats.items():
         print(f"{k}: {st['macs'] / 1e6:.2f}M MACs (-{1 - st['macs'] / base:.1%}), "
