@@ -56,6 +56,9 @@ INT8_DEFAULTS = {
     "op_types_to_quantize": [],
     "unsupported_ops": "fp32",
     "strip_names": True,
+    # pad a 3-channel input to 4 so the stem conv takes MLAS's symmetric INT8 kernel
+    # (edgekit/channel_pad.py; QDQ only)
+    "pad_input_channels": True,
     # issue 18 (ISA-robust INT8): symmetric activations and quant_pre_process's graph
     # optimization, exposed for the defaults sweep (benchmarks/int8_isa.py)
     "activation_symmetric": False,
@@ -88,6 +91,7 @@ OPTION_SPECS = {
     "op_types_to_quantize": ListOf(Str(r"[A-Za-z][A-Za-z0-9_]*")),
     "unsupported_ops": Choice("fp32", "error"),
     "strip_names": Bool(),
+    "pad_input_channels": Bool(),
     "activation_symmetric": Bool(),
     "pre_process_optimize": Bool(),
     "max_drop": Num(min=0, max=100, nullable=True),
@@ -594,6 +598,11 @@ def build_int8(
             shutil.copyfile(Path(td) / f"auto-{auto['chosen']}.onnx", out_dir / ARTIFACT)
         else:
             quantize(opts["calibration_method"], out_dir / ARTIFACT)
+    channel_pad = None
+    if opts["pad_input_channels"] and opts["quant_format"] == "QDQ":
+        from edgekit.channel_pad import pad_input_channels
+
+        channel_pad = pad_input_channels(out_dir / ARTIFACT)
     if opts["strip_names"]:
         strip_names(out_dir / ARTIFACT)
     calib["method"] = auto["chosen"] if auto else opts["calibration_method"]
@@ -606,6 +615,8 @@ def build_int8(
         "fp32_nodes": sorted({n for n, _ in fp32} | set(opts["nodes_to_exclude"])),
         "fp32_op_types": sorted({t for _, t in fp32}),
     }
+    if channel_pad is not None:
+        quant["input_channel_pad"] = channel_pad
     from edgekit.isa import isa_record
     from edgekit.saturation import risky_weight_pairs
 
