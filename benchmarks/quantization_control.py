@@ -139,7 +139,8 @@ def part_r18(work: Path, sensitivity: bool) -> dict:
 
 
 def part_qat(work: Path, epochs: float, steps: int | None, lr: float | None,
-             reduce_range: bool = True, seed: int = 0, distill: float = 0.0) -> dict:  # fmt: skip
+             reduce_range: bool = True, seed: int = 0, distill: float = 0.0,
+             activation_ranges: str | None = None) -> dict:  # fmt: skip
     from edgekit.accuracy_control import latency_ratios
     from edgekit.pipeline import build_context, load_workspace_dataset
     from edgekit.qat import TARGET, QatConfig, run_qat
@@ -157,6 +158,8 @@ def part_qat(work: Path, epochs: float, steps: int | None, lr: float | None,
     )
     if lr is not None:
         cfg.lr = lr
+    if activation_ranges is not None:
+        cfg.activation_ranges = activation_ranges
     m = run_qat(ws, ctx, ds.test, cfg, force=True, log=log)
     q = m["quantization"]["qat"]
     qat_path = ws.artifact_dir(TARGET) / "model.onnx"
@@ -190,6 +193,12 @@ def main() -> int:
     ap.add_argument("--qat-seed", type=int, default=0, help="Batch order/augmentation seed.")
     ap.add_argument("--qat-full-range", action="store_true", help="8-bit weights (need VNNI).")
     ap.add_argument("--qat-distill", type=float, default=0.0, help="KD weight from FP32.")
+    ap.add_argument(
+        "--qat-activation-ranges",
+        choices=["calibrated", "moving"],
+        default=None,
+        help="Default: QatConfig's (calibrated: PTQ's scales, frozen).",
+    )
     a = ap.parse_args()
     import torch
 
@@ -210,6 +219,7 @@ def main() -> int:
             not a.qat_full_range,
             a.qat_seed,
             a.qat_distill,
+            a.qat_activation_ranges,
         )
     out = a.work_dir / "quantization_control.json"
     out.write_text(json.dumps(res, indent=2))

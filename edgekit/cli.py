@@ -1593,6 +1593,15 @@ def qat(
     temperature: Annotated[
         float, typer.Option("--temperature", help="Distillation temperature.")
     ] = 4.0,
+    activation_ranges: Annotated[
+        str,
+        typer.Option(
+            "--activation-ranges",
+            help="calibrated: start from ort-cpu-int8's PTQ scales (MinMax on the calibration "
+            "images) and keep them fixed while the weights train (default); moving: "
+            "moving-average observers updated on the training batches.",
+        ),
+    ] = "calibrated",
     device: DeviceOpt = None,
     force: Force = False,
     model: TrustModel = None,
@@ -1613,6 +1622,7 @@ def qat(
         reduce_range=reduce_range,
         distill=distill,
         temperature=temperature,
+        activation_ranges=activation_ranges,
     )
     cfg.check()
     ws = Workspace(work_dir)

@@ -15,14 +15,18 @@ torchao's PT2E, still shipped and working):
    as ONNX Runtime's quantizer sees it; Conv+ReLU are fused so the ReLU output, not
    the Conv output, carries the activation quantizer. BN statistics are thus frozen
    from the first step (``freeze_bn_stats`` has nothing left to freeze).
-2. ``prepare_qat_fx`` inserts ``FakeQuantize`` modules (weights:
-   ``MovingAveragePerChannelMinMaxObserver``, ``per_channel_symmetric``, qint8;
-   activations: ``MovingAverageMinMaxObserver``, ``per_tensor_affine``, quint8
-   0..255); the observers are initialised on the calibration images, then the model is
-   fine-tuned with SGD (straight-through estimator through the rounding; Jacob et al.,
-   CVPR 2018, "Quantization and Training of Neural Networks for Efficient
+2. ``prepare_qat_fx`` inserts ``FakeQuantize`` modules (weights: per-channel min/max,
+   ``per_channel_symmetric``, qint8; activations: ``per_tensor_affine``, quint8 0..255).
+   By default (``activation_ranges = "calibrated"``) their scales are computed once on
+   the calibration images exactly as ``ort-cpu-int8``'s MinMax PTQ computes them
+   (``MinMaxObserver`` for activations) and frozen, so training starts from the deployed
+   PTQ model and moves only the weights; with ``"moving"`` the observers are moving
+   averages (``MovingAverageMinMaxObserver``) updated on the training batches.
+   The model is fine-tuned with SGD (straight-through estimator through the rounding;
+   Jacob et al., CVPR 2018, "Quantization and Training of Neural Networks for Efficient
    Integer-Arithmetic-Only Inference").
-3. The observers are frozen part-way through training (``observer_fraction``), and
+3. With ``"moving"``, the observers are frozen part-way through training
+   (``observer_fraction``). Then
    ``torch.onnx.export`` (the TorchScript exporter) maps each ``fake_quantize_per_{tensor,channel}_affine`` to ``QuantizeLinear`` +
    ``DequantizeLinear``; per-tensor scales and zero points are made scalars
    (ONNX Runtime's fused QLinear kernels require it) and the weights are stored as
@@ -86,7 +90,21 @@ class QatConfig:
         temperature: distillation temperature T > 0.
         observer_fraction: the observers update during this first fraction of the
             steps, then are frozen (``disable_observer``) so the last part trains with
-            the scales that are exported; in [0, 1].
+            the scales that are exported; in [0, 1]. With ``activation_ranges =
+            "calibrated"`` only the weight observers update.
+        activation_ranges: ``"calibrated"`` (default): every scale is computed once,
+            as ``ort-cpu-int8``'s PTQ computes it, and then frozen while the weights
+            fine-tune: each activation's range is the global min/max over the
+            calibration images (ONNX Runtime's MinMax calibration), each weight's the
+            per-output-channel max of the pretrained weights. QAT thus starts from the
+            deployed PTQ model and moves only the weights (the QAT workflow of NVIDIA's
+            TensorRT Model Optimizer: calibrate with ``mtq.quantize``, then fine-tune with
+            the quantizers' scales frozen; Wu et al. 2020, "Integer Quantization for Deep
+            Learning Inference: Principles and Empirical Evaluation", likewise start QAT
+            from the calibrated model). ``observer_fraction`` is then unused.
+            ``"moving"``: moving-average min/max observers, initialised on the calibration
+            images and updated on the training batches for ``observer_fraction`` of the
+            steps (PyTorch's QAT reference recipe; edgekit's behaviour before this option).
     """
 
     epochs: float = 2.0
@@ -101,6 +119,7 @@ class QatConfig:
     observer_fraction: float = 0.5
     distill: float = 0.0
     temperature: float = 4.0
+    activation_ranges: str = "calibrated"
 
     def check(self) -> None:
         """Raises EdgekitError for a value out of range (before any heavy work)."""
@@ -124,6 +143,16 @@ class QatConfig:
         t = self.temperature
         if not (isinstance(t, (int, float)) and 0 < t <= 100):
             bad("--temperature", t, "(0, 100]")
+        if self.activation_ranges not in ACTIVATION_RANGES:
+            raise EdgekitError(
+                f"--activation-ranges {self.activation_ranges!r} is not one of "
+                + ", ".join(ACTIVATION_RANGES),
+                "use --activation-ranges calibrated (fixed PTQ ranges) or moving",
+            )
+
+
+#: ``QatConfig.activation_ranges`` values: fixed calibrated min/max, or moving average.
+ACTIVATION_RANGES = ("calibrated", "moving")
 
 
 #: Symmetric weight range: 7-bit with ``reduce_range`` (as ONNX Runtime's quantizer and
@@ -131,15 +160,18 @@ class QatConfig:
 WEIGHT_RANGE = {True: (-64, 63), False: (-128, 127)}
 
 
-def qconfig_mapping(reduce_range: bool = True):
+def qconfig_mapping(reduce_range: bool = True, activation_ranges: str = "calibrated"):
     """The QConfigMapping of the deployed ``ort-cpu-int8`` scheme (see the module doc).
 
     Args:
         reduce_range: 7-bit weights (quant_min -64, quant_max 63), else -128..127.
+        activation_ranges: ``"calibrated"``: ``MinMaxObserver`` (global min/max, as ONNX
+            Runtime's MinMax calibrator); ``"moving"``: ``MovingAverageMinMaxObserver``.
     """
     import torch
     from torch.ao.quantization import (
         FakeQuantize,
+        MinMaxObserver,
         MovingAverageMinMaxObserver,
         MovingAveragePerChannelMinMaxObserver,
         QConfig,
@@ -147,7 +179,9 @@ def qconfig_mapping(reduce_range: bool = True):
     )
 
     act = FakeQuantize.with_args(
-        observer=MovingAverageMinMaxObserver,
+        observer=MinMaxObserver
+        if activation_ranges == "calibrated"
+        else MovingAverageMinMaxObserver,
         quant_min=0,
         quant_max=255,
         dtype=torch.quint8,
@@ -173,13 +207,14 @@ def _quiet():
         yield
 
 
-def prepare(model, example, reduce_range: bool = True):
+def prepare(model, example, reduce_range: bool = True, activation_ranges: str = "calibrated"):
     """BN-folded, fake-quantized FX copy of ``model`` (in train mode).
 
     Args:
         model: a float ``nn.Module`` (eval mode: BN statistics are folded as they are).
         example: float32 [N, C, H, W] example input (a tensor).
         reduce_range: 7-bit weights (see :func:`qconfig_mapping`).
+        activation_ranges: see :func:`qconfig_mapping`.
 
     Raises:
         EdgekitError: the model cannot be traced by torch.fx.
@@ -190,7 +225,8 @@ def prepare(model, example, reduce_range: bool = True):
     try:
         with _quiet():
             fused = fuse_fx(model)
-            return prepare_qat_fx(fused.train(), qconfig_mapping(reduce_range), (example,))
+            qmap = qconfig_mapping(reduce_range, activation_ranges)
+            return prepare_qat_fx(fused.train(), qmap, (example,))
     except Exception as e:  # symbolic tracing fails on data-dependent control flow
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise EdgekitError(
@@ -383,8 +419,10 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None, teach
     Augmentation: random crop (padding 4) and horizontal flip
     (:func:`edgekit.augment.random_crop_flip`), as the CIFAR models were trained;
     cross-entropy without label smoothing; cosine learning rate from ``cfg.lr`` to 0.
-    The observers are frozen after ``cfg.observer_fraction`` of the steps (torchvision's
-    QAT reference recipe freezes them part-way too). BatchNorm is already folded into
+    With ``cfg.activation_ranges = "moving"`` the observers are frozen after
+    ``cfg.observer_fraction`` of the steps (torchvision's QAT reference recipe freezes them
+    part-way too); with ``"calibrated"`` they are left as the caller set them
+    (:func:`run_qat` freezes them after :func:`init_observers`). BatchNorm is already folded into
     the convolutions with the pretrained statistics (:func:`prepare`), which is
     ``freeze_bn_stats`` from the first step. With ``teacher`` (the FP32 model, eval
     mode) and ``cfg.distill`` > 0, the loss is :func:`edgekit.train.kd_loss`.
@@ -414,7 +452,9 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None, teach
     from torch.ao.quantization import disable_observer
 
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    frozen_at = int(round(cfg.observer_fraction * total))
+    # "calibrated": the caller froze the PTQ scales already (run_qat); leave them alone
+    calibrated = cfg.activation_ranges == "calibrated"
+    frozen_at = 0 if calibrated else int(round(cfg.observer_fraction * total))
     qmodel.train()
     losses, t0, step = [], time.perf_counter(), 0
     while step < total:
@@ -422,7 +462,7 @@ def fine_tune(qmodel, split, preprocess, cfg: QatConfig, device, log=None, teach
         for i in range(0, n - cfg.batch + 1, cfg.batch):
             if step >= total:
                 break
-            if step == frozen_at:
+            if step == frozen_at and not calibrated:
                 qmodel.apply(disable_observer)
             idx = np.sort(order[i : i + cfg.batch])
             xb = torch.from_numpy(split.x[idx]).to(device).permute(0, 3, 1, 2)
@@ -535,6 +575,7 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
 
     from edgekit.backends.base import onnx_io
     from edgekit.build import source_record
+    from edgekit.channel_pad import pad_input_channels
     from edgekit.device import resolve_device
     from edgekit.fileio import atomic_dir
     from edgekit.isa import isa_record
@@ -554,8 +595,12 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
         import copy
 
         teacher = copy.deepcopy(model).eval().to(device)
-    q = prepare(model, example, cfg.reduce_range).to(device)
+    q = prepare(model, example, cfg.reduce_range, cfg.activation_ranges).to(device)
     init_observers(q, xc, device)
+    if cfg.activation_ranges == "calibrated":
+        from torch.ao.quantization import disable_observer
+
+        q.apply(disable_observer)  # the PTQ scales, frozen from the first step
     log and log(f"QAT: {cfg.epochs} epoch(s) at most {cfg.steps or '-'} steps on {device}")
     with _quiet():
         hist = fine_tune(q, ctx.calib_split, ctx.preprocess, cfg, device, log, teacher)
@@ -565,6 +610,8 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
     with atomic_dir(out, force=force) as tmp:
         t0 = time.perf_counter()
         qrec = export_qdq(q, example, tmp / "model.onnx")
+        # the same input-channel pad as ort-cpu-int8 builds (bit-identical outputs)
+        channel_pad = pad_input_channels(tmp / "model.onnx")
         risky = risky_weight_pairs(tmp / "model.onnx")["risky"]
         o_top1, o_pred = ort_top1(tmp / "model.onnx", test_split, ctx.preprocess)
         qrec.update(
@@ -581,7 +628,12 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
                 "test_images": int(len(test_split.y)),
             }
         )
-        calib = {**calib, "method": "QAT observers (moving-average min/max), then fine-tuned"}
+        calib = {
+            **calib,
+            "method": "minmax (as ort-cpu-int8), scales frozen, weights fine-tuned"
+            if cfg.activation_ranges == "calibrated"
+            else "QAT observers (moving-average min/max), then fine-tuned",
+        }
         target = qat_target(cfg.reduce_range)
         manifest = make_manifest(
             target=target.to_dict(),
@@ -593,7 +645,12 @@ def run_qat(ws, ctx, test_split, cfg: QatConfig, force: bool = False, log=None) 
             source=source_record(ctx),
             calibration=calib,
             extra={
-                "quantization": {"tool": "edgekit.qat", "fp32_nodes": [], "qat": qrec},
+                "quantization": {
+                    "tool": "edgekit.qat",
+                    "fp32_nodes": [],
+                    "qat": qrec,
+                    "input_channel_pad": channel_pad,
+                },
                 "isa": isa_record(target.options, risky),
                 "build_seconds": round(hist["seconds"] + time.perf_counter() - t0, 3),
             },

@@ -43,6 +43,7 @@ def test_qat_exports_a_qdq_onnx_that_matches_the_fake_quantized_model(qat_ws):
     assert m["target"] == TARGET and m["precision"] == "int8"
     q = m["quantization"]["qat"]
     assert q["training"]["steps"] == 3
+    assert m["quantization"]["input_channel_pad"]["applied"]  # as ort-cpu-int8 builds
     assert q["test_images"] == len(ds.test.y)
     # same model, two runtimes: the predictions agree but for integer vs float rounding,
     # which flips a few of the 40 images of this untrained model (its logits nearly tie)
@@ -203,3 +204,44 @@ def test_qat_distillation_trains_towards_the_teacher(qat_ws):
         share[alpha] = float(share0.mean())
     assert share[1.0] >= 0.9
     assert share[1.0] > share[0.0] + 0.3
+
+
+def test_calibrated_scales_are_ptq_minmax_and_stay_frozen(qat_ws):
+    """activation_ranges = "calibrated": the input's quantizer holds the global min/max of
+    the calibration images (ONNX Runtime's MinMax), and no scale moves while the weights
+    train; with "moving" the observers follow the training batches."""
+    import torch
+    from torch.ao.quantization import FakeQuantize, disable_observer
+
+    from edgekit.pipeline import build_context, load_workspace_dataset
+    from edgekit.qat import QatConfig, fine_tune, init_observers, prepare
+
+    ds = load_workspace_dataset(qat_ws.record())
+    ctx = build_context(qat_ws, ds)
+    xc, _, _ = ctx.calibration_for("ort-cpu-int8-qat", 2)
+    example = torch.from_numpy(xc[:2])
+    scales = {}
+    for mode in ("calibrated", "moving"):
+        q = prepare(ctx.torch_model(), example, True, mode)
+        init_observers(q, xc, torch.device("cpu"))
+        if mode == "calibrated":
+            q.apply(disable_observer)
+        fqs = {n: m for n, m in q.named_modules() if isinstance(m, FakeQuantize)}
+        first = fqs[min(n for n in fqs if not n.endswith("weight_fake_quant"))]
+        lo, hi = min(float(xc.min()), 0.0), max(float(xc.max()), 0.0)
+        if mode == "calibrated":  # the input quantizer's range is the calibration min/max
+            assert float(first.scale) == pytest.approx((hi - lo) / 255, rel=1e-5)
+        before = {n: m.scale.clone() for n, m in fqs.items()}
+        cfg = QatConfig(epochs=1, steps=3, batch=16, lr=0.05, activation_ranges=mode)
+        fine_tune(q, ctx.calib_split, ctx.preprocess, cfg, torch.device("cpu"))
+        moved = [n for n, m in fqs.items() if not torch.equal(m.scale, before[n])]
+        scales[mode] = moved
+    assert scales["calibrated"] == []
+    assert len(scales["moving"]) > 0
+
+
+def test_unknown_activation_ranges_is_refused():
+    from edgekit.qat import QatConfig
+
+    with pytest.raises(EdgekitError, match="activation-ranges"):
+        QatConfig(activation_ranges="learned").check()
