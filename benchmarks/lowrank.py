@@ -80,6 +80,7 @@ def accuracy(args) -> dict:
     tech = get_technique("lowrank")
     opts = {"energy": args.energy} if args.energy else {}
     opts["round_to"] = args.round_to
+    opts["allocation"] = args.allocation
     level = None if args.energy else args.macs
     tech.check(level, opts)
     before = model_stats(student, x)
@@ -188,6 +189,12 @@ def main() -> None:
     a.add_argument("--energy", type=float, default=None, help="energy threshold instead")
     a.add_argument(
         "--round-to", type=int, default=8, help="rank multiple (1: exact ranks, as before)"
+    )
+    a.add_argument(
+        "--allocation",
+        choices=["energy", "zhang"],
+        default="energy",
+        help="rank allocation for --macs (zhang: Zhang et al.'s greedy on weight energy)",
     )
     a.add_argument("--epochs", type=int, default=8)
     a.add_argument("--train-subset", type=int, default=None, help="class-balanced images")
