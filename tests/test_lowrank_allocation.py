@@ -121,7 +121,9 @@ def test_zhang_keeps_explicit_ranks_and_takes_the_first_conv_when_asked():
     before = _macs(m)
     rec = _apply(m, 0.4, "zhang", EXAMPLE, ranks={"layer1.0.conv1": 3}, include_first=True)
     assert rec["ranks"]["layer1.0.conv1"] == 3
-    assert "conv1" in _convs(_resnet8(), EXAMPLE, include_first=True)
+    eligible = _convs(_resnet8(), EXAMPLE, include_first=True)
+    assert "conv1" in eligible and rec["layers_eligible"] == len(eligible)
+    assert rec["macs_reduction"] >= 0.4  # the fixed rank's saving counts toward the target
     assert 1 - _macs(m) / before >= 0.4
     with pytest.raises(EdgekitError, match="cannot be reached"):
         _apply(_resnet8(), 0.97, "zhang", EXAMPLE, round_to=8)
@@ -152,6 +154,14 @@ def test_allocation_options_are_validated():
     ):
         with pytest.raises(EdgekitError, match=match):
             tech.check(level, opts)
+
+
+def test_a_sweep_checks_the_allocation_before_any_work():
+    from edgekit.sweep import check_techniques
+
+    check_techniques(["channel", "lowrank"], [0, 0.5], {"allocation": "zhang"})
+    with pytest.raises(EdgekitError, match="allocation 'Zhang' is not one of"):
+        check_techniques(["lowrank"], [0, 0.5], {"allocation": "Zhang"})
 
 
 def test_factorize_cli_allocation(tmp_path, tiny_npz, tiny_workspace):
