@@ -13,7 +13,8 @@ Accuracy (real CIFAR-10 and the shared ResNet-20 in ../shared; about an hour on 
   ``benchmarks/pruning.py accuracy``, whose channel-pruned ResNet-20 at -50.1% MACs
   reached 90.18% after 8 epochs), statistics re-estimated on augmented images. Top-1 on
   all 10,000 test images before, right after factorizing, after adaptive BN and at the
-  end. Quick check: ``--epochs 1 --train-subset 2000``.
+  end. Quick check: ``--epochs 1 --train-subset 2000``. ``--allocation zhang`` chooses
+  the ranks by Zhang et al.'s greedy instead of the global threshold (the lowrank option).
 
 Rank allocation, no fine-tuning (minutes; ``--model resnet18`` for the shared ResNet-18)::
 
