@@ -13,7 +13,22 @@ Accuracy (real CIFAR-10 and the shared ResNet-20 in ../shared; about an hour on 
   ``benchmarks/pruning.py accuracy``, whose channel-pruned ResNet-20 at -50.1% MACs
   reached 90.18% after 8 epochs), statistics re-estimated on augmented images. Top-1 on
   all 10,000 test images before, right after factorizing, after adaptive BN and at the
-  end. Quick check: ``--epochs 1 --train-subset 2000``.
+  end. Quick check: ``--epochs 1 --train-subset 2000``. ``--allocation zhang`` chooses
+  the ranks by Zhang et al.'s greedy instead of the global threshold (the lowrank option).
+
+Rank allocation, no fine-tuning (minutes; ``--model resnet18`` for the shared ResNet-18)::
+
+    .venv/bin/python benchmarks/lowrank.py allocation --model resnet20 --out runs/alloc20.json
+    .venv/bin/python benchmarks/lowrank.py allocation --model resnet18 --test-images 2000 \
+        --out runs/alloc18.json
+
+  Both rules of ``lowrank``'s ``allocation`` option (``energy``: one global energy
+  threshold; ``zhang``: Zhang et al.'s greedy) at ``--macs`` (default 0.5), with ranks
+  exact and rounded to 8: the ranks, the MACs removed, ``sum(log(energy kept))`` (the
+  objective Zhang et al. maximise) and the top-1 right after factorizing and after
+  re-estimating BatchNorm statistics on 2,048 training images (adaptive BN, as the
+  accuracy run does before fine-tuning), on the first ``--test-images`` test images
+  (default all 10,000).
 
 Speed (weights do not matter for latency; the shared weights are used when present so
 the ranks are the ones the accuracy run gets)::
@@ -80,6 +95,7 @@ def accuracy(args) -> dict:
     tech = get_technique("lowrank")
     opts = {"energy": args.energy} if args.energy else {}
     opts["round_to"] = args.round_to
+    opts["allocation"] = args.allocation
     level = None if args.energy else args.macs
     tech.check(level, opts)
     before = model_stats(student, x)
@@ -180,6 +196,57 @@ def accuracy(args) -> dict:
     return out
 
 
+def allocation(args) -> dict:
+    """Compare the two rank allocations without fine-tuning (see the module doc)."""
+    import math
+
+    from edgekit.compress import get_technique
+    from edgekit.data import Split, load_dataset
+    from edgekit.models import load_model, model_normalization
+    from edgekit.preprocess import resolve_preprocess
+    from edgekit.prune import model_stats, recalibrate_bn
+    from edgekit.train import evaluate
+
+    torch.set_num_threads(args.threads)
+    ds = load_dataset(f"npz:{SHARED / 'data' / 'cifar10'}")
+    weights = WEIGHTS if args.model == "resnet20" else WEIGHTS18
+    base, meta = load_model(args.model, weights, 10)
+    pre = resolve_preprocess(ds, model_normalization(args.model), None, meta)
+    n = args.test_images or len(ds.test)
+    test = Split(ds.test.x[:n], ds.test.y[:n])
+    x = torch.zeros(1, 3, 32, 32)
+    macs0 = model_stats(base, x)["macs"]
+    out = {"model": args.model, "macs": args.macs, "test_images": n, "rows": []}
+    out["top1_unfactorized"] = evaluate(base, test, pre)
+    print(f"{args.model}: top-1 {out['top1_unfactorized']:.2f}% unfactorized "
+          f"(first {n} test images)", flush=True)  # fmt: skip
+    for round_to in (1, 8):
+        for alloc in ("energy", "zhang"):
+            m = copy.deepcopy(base)
+            opts = {"allocation": alloc, "round_to": round_to}
+            rec = get_technique("lowrank").apply(m, x, args.macs, opts, lambda *_: None)
+            red = 1 - model_stats(m, x)["macs"] / macs0
+            top1_0 = evaluate(m, test, pre)
+            recalibrate_bn(m, ds.train, pre, seed=0)
+            top1_bn = evaluate(m, test, pre)
+            obj = sum(math.log(v) for v in rec["energy_kept"].values())
+            row = {
+                "allocation": alloc,
+                "round_to": round_to,
+                "macs_reduction": red,
+                "sum_log_energy_kept": obj,
+                "top1_after_factorize": top1_0,
+                "top1_after_adaptive_bn": top1_bn,
+                "ranks": rec["ranks"],
+                "full_ranks": rec["full_ranks"],
+            }
+            out["rows"].append(row)
+            print(f"{alloc:6s} round_to {round_to}: MACs -{red:.1%}, sum log energy "
+                  f"{obj:.3f}, top-1 {top1_0:.2f}% -> {top1_bn:.2f}% after adaptive BN; "
+                  f"ranks {list(rec['ranks'].values())}", flush=True)  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -189,6 +256,12 @@ def main() -> None:
     a.add_argument(
         "--round-to", type=int, default=8, help="rank multiple (1: exact ranks, as before)"
     )
+    a.add_argument(
+        "--allocation",
+        choices=["energy", "zhang"],
+        default="energy",
+        help="rank allocation for --macs (zhang: Zhang et al.'s greedy on weight energy)",
+    )
     a.add_argument("--epochs", type=int, default=8)
     a.add_argument("--train-subset", type=int, default=None, help="class-balanced images")
     a.add_argument("--threads", type=int, default=1)
@@ -197,6 +270,11 @@ def main() -> None:
     a.add_argument("--alpha", type=float, default=0.7)
     a.add_argument("--temperature", type=float, default=4.0)
     a.add_argument("--save", default=None, help="write the result as an edgekit checkpoint")
+    al = sub.add_parser("allocation")
+    al.add_argument("--model", choices=["resnet20", "resnet18"], default="resnet20")
+    al.add_argument("--macs", type=float, default=0.5)
+    al.add_argument("--test-images", type=int, default=None, help="first N (default all)")
+    al.add_argument("--threads", type=int, default=1)
     s = sub.add_parser("speed")
     s.add_argument("--macs", type=float, default=0.5)
     s.add_argument("--round-to", type=int, default=8, help="rank multiple (1: exact ranks)")
@@ -204,10 +282,10 @@ def main() -> None:
     s.add_argument("--model", choices=["resnet20", "resnet18"], default="resnet20")
     s.add_argument("--min-duration", type=float, default=2.0, help="seconds per row per round")
     s.add_argument("--work", default="/tmp/edgekit-lowrank-speed")
-    for p in (a, s):
+    for p in (a, al, s):
         p.add_argument("--out", default=None)
     args = ap.parse_args()
-    out = accuracy(args) if args.cmd == "accuracy" else speed(args)
+    out = {"accuracy": accuracy, "allocation": allocation, "speed": speed}[args.cmd](args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))

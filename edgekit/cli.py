@@ -1143,6 +1143,14 @@ def factorize_cmd(
             "multiples of 4-8; 1 keeps exact ranks).",
         ),
     ] = 8,
+    allocation: Annotated[
+        str,
+        typer.Option(
+            "--allocation",
+            help="How --macs is shared among layers: energy (one energy threshold for "
+            "all) or zhang (Zhang et al.'s greedy: least energy lost per MAC saved).",
+        ),
+    ] = "energy",
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = None,
@@ -1164,7 +1172,7 @@ def factorize_cmd(
     ] = False,
 ):
     """Low-rank factorization (truncated SVD): each k x k conv becomes a rank-r k x k conv
-    and a 1x1 conv (Zhang et al. 2015); ranks by --macs, --energy or --ranks."""
+    and a 1x1 conv (Zhang et al. 2015); ranks by --macs (--allocation), --energy or --ranks."""
     from edgekit.compress.lowrank import parse_ranks
 
     options: dict = {}
@@ -1175,6 +1183,7 @@ def factorize_cmd(
     if include_first:
         options["include_first"] = True
     options["round_to"] = round_to
+    options["allocation"] = allocation
     _compress(
         "lowrank", macs, options, weights, out, dataset, data_dir, model, finetune_epochs,
         finetune_minutes, lr, recipe, distill, device, force,

@@ -41,7 +41,26 @@ removes >= ``level`` of MACs is found by bisection. Options (a ``dict``):
   and with unrounded ranks (6, 13, 25, 33, ...) the factorized ResNet-20 ran 1.57x
   *slower* than the unfactorized one on ``ort-cpu-int8`` (docs/compression.md). The same
   reason sets ``edgekit prune``'s ``round_to`` to 8. 1 keeps the exact ranks. Explicit
-  ``ranks`` are never rounded.
+  ``ranks`` are never rounded;
+- ``allocation``: how a ``level`` is shared among the layers, ``"energy"`` (default: the
+  global energy threshold above) or ``"zhang"`` (below). ``"zhang"`` needs a ``level``.
+
+Allocation ``"zhang"`` is the rank selection of Zhang et al., "Accelerating Very Deep
+Convolutional Networks for Classification and Detection" (TPAMI 2016, arXiv 1505.06798,
+section on rank selection for the whole model): maximise the product over layers of the
+energy each layer keeps, ``prod_l sum_{i<=r_l} e_{l,i}``, subject to the model's
+complexity, solved greedily: starting from the full ranks, repeatedly drop the singular
+value (with ``round_to``: the ``round_to`` of them down to the next multiple) whose
+removal loses the least of ``sum_l log(kept energy_l)`` per MAC saved, until >= ``level``
+of the model's MACs are gone. As in the paper a layer's cost is linear in its rank,
+``r * (C*k*k + N)`` MACs per output position, so the greedy weighs what a rank costs in
+each layer against the energy it holds, where one energy threshold for all does not. The
+MACs target is checked on the model as deployed: a layer whose rank does not save MACs
+stays whole. Zhang et al. take ``e`` as the eigenvalues of the covariance of the layer's
+*responses* on training data; edgekit is data-free here and uses the *weight* energy
+``e = sigma**2`` of the reshaped weight's SVD (the same energy as the ``"energy"`` rule).
+Explicit ``ranks`` and ``include_first`` apply as for ``"energy"``; the smallest rank is
+``round_to`` (1 with ``round_to`` 1).
 """
 
 from __future__ import annotations
@@ -118,6 +137,8 @@ def factorize_conv(conv: nn.Conv2d, rank: int) -> LowRankConv2d:
 
 #: default multiple the chosen ranks are rounded up to (see the module doc)
 ROUND_TO = 8
+#: rank allocation rules for a MACs target (see the module doc); the first is the default
+ALLOCATIONS = ("energy", "zhang")
 
 
 class _Layer:
@@ -155,6 +176,70 @@ class _Layer:
 
     def energy_kept(self, rank: int) -> float:
         return self.cum[rank - 1]
+
+    def rank_steps(self, round_to: int) -> list[int]:
+        """The ranks Zhang's greedy walks through, largest first: the full rank, then the
+        multiples of ``round_to`` below it down to ``round_to`` (1 .. full-1 for 1)."""
+        top = self.full - 1
+        return [self.full] + list(range(top - top % round_to, 0, -round_to))
+
+
+def zhang_allocation(
+    layers: list[_Layer], round_to: int, target_saving: float
+) -> dict[str, int] | None:
+    """Zhang et al.'s greedy rank selection (see the module doc) on weight energies.
+
+    As in the paper, a layer's complexity is linear in its rank (``rank * (C*k*k + N)``
+    MACs per output position) and the greedy starts from the full rank; the step taken is
+    the one whose ``log`` energy lost per MAC saved is smallest. It stops as soon as the
+    MACs actually saved reach ``target_saving``, counting a layer whose rank does not save
+    MACs as left whole (``orig_macs``), which is also how it is deployed.
+
+    Args:
+        layers: the layers whose ranks are free.
+        round_to: ranks are multiples of this (a step drops ``round_to`` singular values).
+        target_saving: MACs to remove (per forward pass, the unit of ``_Layer.orig_macs``).
+
+    Returns:
+        ``{name: rank}`` for the layers to factorize (those whose rank saves MACs), or
+        ``None`` when every layer at its smallest rank still saves less than
+        ``target_saving``.
+    """
+    import heapq
+
+    steps = {L.name: L.rank_steps(round_to) for L in layers}
+    state = {L.name: 0 for L in layers}  # index into steps[name]; 0 is the full rank
+    by_name = {L.name: L for L in layers}
+
+    def log_energy(L: _Layer, r: int) -> float:
+        return math.log(max(L.energy_kept(r), 1e-300))
+
+    def saving(L: _Layer, r: int) -> int:  # MACs saved as deployed (whole if no saving)
+        return max(0, L.orig_macs - L.macs(r))
+
+    def push(heap: list, L: _Layer) -> None:
+        i = state[L.name]
+        if i + 1 < len(steps[L.name]):
+            r, nxt = steps[L.name][i], steps[L.name][i + 1]
+            lost = log_energy(L, r) - log_energy(L, nxt)
+            # ties (e.g. zero energy lost): layer order, for a deterministic result
+            heapq.heappush(heap, (lost / L.macs(r - nxt), order[L.name], L.name))
+
+    order = {L.name: k for k, L in enumerate(layers)}
+    heap: list = []
+    for L in layers:
+        push(heap, L)
+    saved = 0
+    while saved < target_saving:
+        if not heap:
+            return None
+        name = heapq.heappop(heap)[2]
+        L = by_name[name]
+        i = state[name]
+        saved += saving(L, steps[name][i + 1]) - saving(L, steps[name][i])
+        state[name] = i + 1
+        push(heap, L)
+    return {n: steps[n][i] for n, i in state.items() if by_name[n].saves(steps[n][i])}
 
 
 def _first_conv(model: nn.Module) -> str | None:
@@ -202,11 +287,18 @@ class LowRank:
     level_doc = "fraction of MACs removed"
 
     def check(self, level, options: dict) -> None:
-        unknown = set(options) - {"energy", "ranks", "include_first", "round_to"}
+        unknown = set(options) - {"energy", "ranks", "include_first", "round_to", "allocation"}
         if unknown:
             raise EdgekitError(
                 f"unknown lowrank option(s): {', '.join(sorted(unknown))}",
-                "options are energy, ranks, include_first, round_to",
+                "options are energy, ranks, include_first, round_to, allocation",
+            )
+        alloc = options.get("allocation", "energy")
+        if alloc not in ALLOCATIONS:
+            raise EdgekitError(
+                f"allocation {alloc!r} is not one of {', '.join(ALLOCATIONS)}",
+                "energy: one energy threshold for every layer; zhang: Zhang et al.'s "
+                "greedy (energy per MAC) for a MACs target",
             )
         rt = options.get("round_to", ROUND_TO)
         if isinstance(rt, bool) or not isinstance(rt, int) or not 1 <= rt <= 1024:
@@ -236,6 +328,12 @@ class LowRank:
                 f"energy threshold {energy:g} is outside (0, 1]",
                 "0.9 keeps, per layer, the singular values holding 90% of sum(s^2)",
             )
+        if alloc == "zhang" and level is None:
+            raise EdgekitError(
+                "allocation zhang shares a MACs reduction among the layers; "
+                + ("it takes no energy threshold" if energy is not None else "none was given"),
+                "use --macs 0.5 with --allocation zhang (--energy goes with --allocation energy)",
+            )
         for name, r in ranks.items():
             if isinstance(r, bool) or not isinstance(r, int) or r < 1:
                 raise EdgekitError(
@@ -247,6 +345,7 @@ class LowRank:
     def apply(self, model: nn.Module, example: torch.Tensor, level, options: dict, log) -> dict:
         include_first = bool(options.get("include_first", False))
         round_to = int(options.get("round_to", ROUND_TO))
+        allocation = options.get("allocation", "energy")
         energy = options.get("energy")
         ranks_asked: dict[str, int] = dict(options.get("ranks") or {})
         layers = _convs(model, example, include_first)
@@ -318,18 +417,22 @@ class LowRank:
                     f"use a level of {math.floor(reduction(most) * 100) / 100:g} or less"
                     + ("" if include_first else ", or include the first convolution"),
                 )
-            lo, hi = 0.0, 1.0  # reduction(plan(lo)) >= level; find the largest such e
-            if reduction(plan(hi)) >= level:
-                lo = hi
+            if allocation == "zhang":
+                got = zhang_allocation(list(free.values()), round_to, level * total - fixed_saving)
+                chosen = got if got is not None else most  # None: not reachable (checked)
             else:
-                for _ in range(50):
-                    mid = (lo + hi) / 2
-                    if reduction(plan(mid)) >= level:
-                        lo = mid
-                    else:
-                        hi = mid
-            threshold = lo
-            chosen = plan(lo)
+                lo, hi = 0.0, 1.0  # reduction(plan(lo)) >= level; find the largest such e
+                if reduction(plan(hi)) >= level:
+                    lo = hi
+                else:
+                    for _ in range(50):
+                        mid = (lo + hi) / 2
+                        if reduction(plan(mid)) >= level:
+                            lo = mid
+                        else:
+                            hi = mid
+                threshold = lo
+                chosen = plan(lo)
         chosen.update(ranks_asked)
         for n, r in ranks_asked.items():
             if not layers[n].saves(r):
@@ -343,9 +446,12 @@ class LowRank:
         log(
             f"  factorized {len(chosen)} of {len(layers)} eligible convolutions "
             f"(planned MACs reduction {planned:.1%}"
-            + (f", energy threshold {threshold:.4f})" if threshold is not None else ")")
+            + (f", energy threshold {threshold:.4f}" if threshold is not None else "")
+            + (", ranks by Zhang et al.'s greedy on weight energy" if allocation == "zhang" else "")
+            + ")"
         )
         return {
+            "allocation": allocation,
             "energy_threshold": threshold,
             "include_first": include_first,
             "round_to": round_to,
