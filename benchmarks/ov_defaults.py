@@ -53,8 +53,14 @@ for _preset in ("performance", "mixed"):
             CONFIGS[_lab] = {"preset": _preset, "calib_per_class": _k, "calib_order": _order}
 CONFIGS["perf-32-of-off"] = {**CONFIGS["perf-32"], "overflow_fix": "disable"}
 CONFIGS["perf-32-of-all"] = {**CONFIGS["perf-32"], "overflow_fix": "enable"}
+for _lab in ("perf-32", "perf-64", "mixed-32"):
+    CONFIGS[f"{_lab}-minmax"] = {**CONFIGS[_lab], "activation_range": "minmax"}
 #: the fixed part of every config (main's defaults for the options not swept)
-BASE = {"fast_bias_correction": False, "overflow_fix": "first_layer_only"}
+BASE = {
+    "fast_bias_correction": False,
+    "overflow_fix": "first_layer_only",
+    "activation_range": "mean_minmax",
+}
 
 MODELS = tuple(f"digits-s{i}" for i in range(8)) + ("resnet20", "resnet18")
 
@@ -260,6 +266,9 @@ def main(argv=None) -> int:
     if a.mode == "report":
         rows = read_rows(a.inputs)
         print(table(rows))
+        if a.json:
+            out = {"rows": rows, "ranking": ranking(rows), "inputs": [str(p) for p in a.inputs]}
+            a.json.write_text(json.dumps(out, indent=2))
         return 0
     if any(m.startswith("resnet") for m in models) and not (a.data / "cifar10-test.npz").is_file():
         print(f"real CIFAR-10 missing in {a.data}", file=sys.stderr)

@@ -226,9 +226,12 @@ def test_interleave_classes_balances_every_prefix():
     assert uneven[interleave_classes(uneven)].tolist() == [0, 1, 2, 0, 2, 0]
 
 
-@pytest.mark.parametrize("order", ["interleaved", "by_class"])
-def test_options_and_image_order_reach_nncf(tiny_workspace, tiny_ds, tmp_path, monkeypatch, order):
-    """preset, calib_per_class and calib_order reach nncf.quantize; the manifest says so."""
+@pytest.mark.parametrize("order,ranges", [("interleaved", "minmax"), ("by_class", "mean_minmax")])
+def test_options_and_image_order_reach_nncf(
+    tiny_workspace, tiny_ds, tmp_path, monkeypatch, order, ranges
+):
+    """preset, calib_per_class, calib_order and activation_range reach nncf.quantize;
+    the manifest says so."""
     _need_openvino()
     import nncf
 
@@ -248,11 +251,22 @@ def test_options_and_image_order_reach_nncf(tiny_workspace, tiny_ds, tmp_path, m
     monkeypatch.setattr(nncf, "quantize", spy)
     base = get_target("ov-cpu-int8")
     opts = {**base.options, "preset": "mixed", "calib_per_class": 3, "calib_order": order}
+    opts["activation_range"] = ranges
     t = dataclasses.replace(base, options=opts)
     ctx = build_context(tiny_workspace, tiny_ds)
     build_target(t, ctx, tmp_path / "a", force=True)
     x, y, _ = ctx.calibration_set(3)
     assert seen["preset"] == nncf.QuantizationPreset.MIXED and seen["subset_size"] == 30
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    got = seen["advanced_parameters"].activations_range_estimator_params
+    want_ranges = (
+        RangeEstimatorParametersSet.MINMAX  # global min/max over the calibration images
+        if ranges == "minmax"
+        else AdvancedQuantizationParameters().activations_range_estimator_params  # NNCF's
+    )
+    assert got == want_ranges
     want = x[interleave_classes(y)] if order == "interleaved" else x
     assert np.array_equal(seen["x"], want)
     if order == "interleaved":
@@ -260,3 +274,4 @@ def test_options_and_image_order_reach_nncf(tiny_workspace, tiny_ds, tmp_path, m
     m = read_manifest(tmp_path / "a")
     assert m["options"]["calib_order"] == order and m["calibration"]["order"] == order
     assert m["quantization"]["bias_correction_images"] == 6  # NNCF's full one: 20% of 30
+    assert m["options"]["activation_range"] == m["quantization"]["activation_range"] == ranges

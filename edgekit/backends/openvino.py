@@ -58,6 +58,8 @@ INT8_DEFAULTS = {
     # the order the calibration images reach NNCF: its full bias correction reads only
     # the first 20% of them, which in edgekit's class-grouped order are classes 0-1 only
     "calib_order": "interleaved",
+    # per-tensor activation ranges: NNCF's default averages each image's min/max
+    "activation_range": "mean_minmax",
 }
 OPTION_SPECS = {
     "performance_hint": Choice("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"),
@@ -73,6 +75,7 @@ OPTION_SPECS = {
     "fast_bias_correction": Bool(),
     "overflow_fix": Choice("enable", "first_layer_only", "disable"),
     "calib_order": Choice("interleaved", "by_class"),
+    "activation_range": Choice("mean_minmax", "minmax"),
 }
 #: Operator types whose FP32 execution makes an INT8 model slow: the manifest lists
 #: those left without a ``FakeQuantize`` on their data input.
@@ -223,15 +226,24 @@ def nncf_quantize(model, x: np.ndarray, opts: dict):
     """``nncf.quantize`` of an ``openvino.Model`` on the calibration images ``x``
     (float32 [K, C, H, W], fed one image at a time, in the order given: the caller
     interleaves classes, see :func:`interleave_classes`) with the target's preset,
-    bias-correction and overflow-fix options."""
+    bias-correction, overflow-fix and activation-range options.
+
+    ``activation_range``: ``mean_minmax`` is NNCF's default for per-tensor activations
+    (the mean over the images of each image's min and max); ``minmax`` takes the min and
+    max over all of them (as ``ort-cpu-int8``'s MinMax calibration does), NNCF's
+    ``RangeEstimatorParametersSet.MINMAX``."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     preset = {
         "performance": nncf.QuantizationPreset.PERFORMANCE,
         "mixed": nncf.QuantizationPreset.MIXED,
     }[opts["preset"]]
     data = nncf.Dataset([np.ascontiguousarray(x[i : i + 1]) for i in range(len(x))])
+    ranges = {}  # NNCF's default otherwise (MEAN_MINMAX for per-tensor activations)
+    if opts.get("activation_range", "mean_minmax") == "minmax":
+        ranges["activations_range_estimator_params"] = RangeEstimatorParametersSet.MINMAX
     # NNCF draws progress bars on stdout/stderr: keep them out of edgekit's own output
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return nncf.quantize(
@@ -241,7 +253,7 @@ def nncf_quantize(model, x: np.ndarray, opts: dict):
             subset_size=len(x),
             fast_bias_correction=bool(opts["fast_bias_correction"]),
             advanced_parameters=AdvancedQuantizationParameters(
-                overflow_fix=OverflowFix(opts["overflow_fix"])
+                overflow_fix=OverflowFix(opts["overflow_fix"]), **ranges
             ),
         )
 
@@ -310,6 +322,7 @@ class OpenVinoBackend(Backend):
                     "tool": "nncf.quantize",
                     "preset": opts["preset"],
                     "overflow_fix": opts["overflow_fix"],
+                    "activation_range": opts.get("activation_range", "mean_minmax"),
                     "bias_correction_images": bias_correction_images(
                         len(x), bool(opts["fast_bias_correction"])
                     ),
