@@ -212,16 +212,17 @@ def table(rows: list[dict]) -> str:
     fp32 = {r["model"]: r["fp32"] for r in rows}
     head = " | ".join(f"{m} ({fp32[m]:.2f})" for m in models)
     lines = [
-        f"| config | preset | calib/class | order | overflow_fix | {head} | worst | mean "
+        f"| config | preset | calib/class | order | overflow_fix | act. range | {head} | worst | mean "
         "| flips (digits / ResNets) |",
-        "|---|---|---:|---|---|" + "---:|" * (len(models) + 3),
+        "|---|---|---:|---|---|---|" + "---:|" * (len(models) + 3),
     ]
     for r in ranking(rows):
         o = CONFIGS[r["label"]]
         cells = " | ".join(f"{-r['drops'][m]:+.2f}" for m in models)
         lines.append(
             f"| {r['label']} | {o['preset']} | {o['calib_per_class']} | {o['calib_order']} "
-            f"| {o.get('overflow_fix', BASE['overflow_fix'])} | {cells} "
+            f"| {o.get('overflow_fix', BASE['overflow_fix'])} "
+            f"| {o.get('activation_range', BASE['activation_range'])} | {cells} "
             f"| {-r['worst_drop']:+.2f} | {-r['mean_drop']:+.2f} | {_flips(r['flips'])} |"
         )
     return "\n".join(lines)

@@ -59,6 +59,8 @@ def test_ov_target_builds_loads_and_benches(tiny_workspace, tiny_ds, ov_artifact
         assert m["calibration"]["images"] == 40 and m["calibration"]["split"] == "train"
         q = m["quantization"]
         assert q["tool"] == "nncf.quantize" and q["preset"] == "performance"
+        # the defaults chosen by benchmarks/ov_defaults.py reach the manifest
+        assert q["activation_range"] == "minmax" and m["calibration"]["order"] == "interleaved"
         assert isinstance(q["fp32_nodes"], list)
         assert b'type="FakeQuantize"' in (art / "model.xml").read_bytes()
     runner, man = open_artifact(art, threads=1)
