@@ -210,9 +210,10 @@ def _flips(flips: dict) -> str:
 def table(rows: list[dict]) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     fp32 = {r["model"]: r["fp32"] for r in rows}
-    head = " | ".join(f"{m} ({fp32[m]:.2f})" for m in models)
+    # cells are INT8 minus FP32 top-1 (points; negative = a loss), FP32 in the header
+    head = " | ".join(f"{m} Δ (FP32 {fp32[m]:.2f})" for m in models)
     lines = [
-        f"| config | preset | calib/class | order | overflow_fix | act. range | {head} | worst | mean "
+        f"| config | preset | calib/class | order | overflow_fix | act. range | {head} | worst Δ | mean Δ "
         "| flips (digits / ResNets) |",
         "|---|---|---:|---|---|---|" + "---:|" * (len(models) + 3),
     ]
@@ -236,6 +237,20 @@ def read_rows(paths) -> list[dict]:
                 r = json.loads(line)
                 last[(r["model"], r["label"])] = r
     return list(last.values())
+
+
+def env() -> dict:
+    """The CPU (ISA flags), load and the OpenVINO/NNCF versions, for the JSON."""
+    from importlib.metadata import version
+
+    from edgekit.harness import cpu_flags
+
+    return {
+        "cpu": cpu_flags(),
+        "load": os.getloadavg()[0],
+        "openvino": version("openvino"),
+        "nncf": version("nncf"),
+    }
 
 
 def main(argv=None) -> int:
@@ -268,7 +283,12 @@ def main(argv=None) -> int:
         rows = read_rows(a.inputs)
         print(table(rows))
         if a.json:
-            out = {"rows": rows, "ranking": ranking(rows), "inputs": [str(p) for p in a.inputs]}
+            out = {
+                "rows": rows,
+                "ranking": ranking(rows),
+                "inputs": [str(p) for p in a.inputs],
+                "env": env(),
+            }
             a.json.write_text(json.dumps(out, indent=2))
         return 0
     if any(m.startswith("resnet") for m in models) and not (a.data / "cifar10-test.npz").is_file():
@@ -291,7 +311,7 @@ def main(argv=None) -> int:
     out = {
         "results": res,
         "ranking": ranking(rows),
-        "env": {"cpu": cpu, "load_start": load, "load_end": os.getloadavg()[0]},
+        "env": {**env(), "load_start": load},
     }
     if a.json:
         a.json.write_text(json.dumps(out, indent=2, default=str))
