@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -58,6 +59,8 @@ def test_ov_target_builds_loads_and_benches(tiny_workspace, tiny_ds, ov_artifact
         assert m["calibration"]["images"] == 40 and m["calibration"]["split"] == "train"
         q = m["quantization"]
         assert q["tool"] == "nncf.quantize" and q["preset"] == "performance"
+        # the defaults chosen by benchmarks/ov_defaults.py reach the manifest
+        assert q["activation_range"] == "minmax" and m["calibration"]["order"] == "interleaved"
         assert isinstance(q["fp32_nodes"], list)
         assert b'type="FakeQuantize"' in (art / "model.xml").read_bytes()
     runner, man = open_artifact(art, threads=1)
@@ -207,3 +210,70 @@ def test_runner_imports_no_torch(tiny_workspace, ov_artifacts):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_interleave_classes_balances_every_prefix():
+    from edgekit.backends.openvino import interleave_classes
+
+    y = np.repeat(np.arange(10), 32)  # edgekit's calibration order: grouped by class
+    order = interleave_classes(y)
+    assert sorted(order.tolist()) == list(range(len(y)))  # a permutation
+    z = y[order]
+    for n in (10, 64, 100, 320):  # 64 = what NNCF's full bias correction reads of 320
+        counts = np.bincount(z[:n], minlength=10)
+        assert counts.max() - counts.min() <= 1, (n, counts)
+    for c in range(10):  # within a class the original order is kept
+        assert (np.diff(order[z == c]) > 0).all()
+    uneven = np.array([0, 0, 0, 1, 2, 2])
+    assert uneven[interleave_classes(uneven)].tolist() == [0, 1, 2, 0, 2, 0]
+
+
+@pytest.mark.parametrize("order,ranges", [("interleaved", "minmax"), ("by_class", "mean_minmax")])
+def test_options_and_image_order_reach_nncf(
+    tiny_workspace, tiny_ds, tmp_path, monkeypatch, order, ranges
+):
+    """preset, calib_per_class, calib_order and activation_range reach nncf.quantize;
+    the manifest says so."""
+    _need_openvino()
+    import nncf
+
+    from edgekit.backends.openvino import interleave_classes
+    from edgekit.build import build_target
+    from edgekit.manifest import read_manifest
+    from edgekit.pipeline import build_context
+    from edgekit.targets import get_target
+
+    seen = {}
+    real = nncf.quantize
+
+    def spy(model, dataset, **kw):
+        seen.update(kw, x=np.concatenate(list(dataset.get_inference_data())))
+        return real(model, dataset, **kw)
+
+    monkeypatch.setattr(nncf, "quantize", spy)
+    base = get_target("ov-cpu-int8")
+    opts = {**base.options, "preset": "mixed", "calib_per_class": 3, "calib_order": order}
+    opts["activation_range"] = ranges
+    t = dataclasses.replace(base, options=opts)
+    ctx = build_context(tiny_workspace, tiny_ds)
+    build_target(t, ctx, tmp_path / "a", force=True)
+    x, y, _ = ctx.calibration_set(3)
+    assert seen["preset"] == nncf.QuantizationPreset.MIXED and seen["subset_size"] == 30
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    got = seen["advanced_parameters"].activations_range_estimator_params
+    want_ranges = (
+        RangeEstimatorParametersSet.MINMAX  # global min/max over the calibration images
+        if ranges == "minmax"
+        else AdvancedQuantizationParameters().activations_range_estimator_params  # NNCF's
+    )
+    assert got == want_ranges
+    want = x[interleave_classes(y)] if order == "interleaved" else x
+    assert np.array_equal(seen["x"], want)
+    if order == "interleaved":
+        assert not np.array_equal(seen["x"], x)  # the set is class-grouped before
+    m = read_manifest(tmp_path / "a")
+    assert m["options"]["calib_order"] == order and m["calibration"]["order"] == order
+    assert m["quantization"]["bias_correction_images"] == 6  # NNCF's full one: 20% of 30
+    assert m["options"]["activation_range"] == m["quantization"]["activation_range"] == ranges
