@@ -284,6 +284,10 @@ def _prepare(spec: ModelSpec, ws: Workspace, force: bool, log, show_progress: bo
         model, meta, model_name = _in_memory(spec), {}, in_memory_name(spec.module)
     else:
         model_arg = spec.model or (None if spec.weights else DEFAULT_MODEL)
+        if spec.weights is None:  # a model trained here: --seed fixes its initial weights too
+            import torch
+
+            torch.manual_seed(spec.seed)
         model, meta = load_model(
             model_arg,
             spec.weights,

@@ -71,3 +71,23 @@ def test_run_with_prune_ratio_builds_and_benches_every_available_target(tiny_npz
         assert (work / "artifacts" / name / "manifest.json").is_file()
     # FP32 lowering of the pruned model keeps PyTorch's predictions on the test set
     assert np.isclose(by_target["ort-cpu"]["top1"], by_target["pytorch-fp32"]["top1"])
+
+
+def test_seed_fixes_the_initial_weights_of_a_model_trained_here(tiny_npz, tmp_path):
+    """--seed reaches the random initialisation too (seeded before the model is built), so
+    two trainings with one seed give the same weights and another seed does not."""
+    import torch
+
+    from edgekit.models import read_checkpoint
+    from edgekit.pipeline import ModelSpec, prepare
+
+    def weights(seed: int, name: str):
+        torch.manual_seed(1234 + seed * 7 + len(name))  # whatever ran before must not matter
+        spec = ModelSpec(dataset=f"npz:{tiny_npz}", model="resnet8", epochs=1, seed=seed)
+        ws = prepare(spec, tmp_path / name, log=lambda *_: None)
+        return read_checkpoint(ws.checkpoint)["state_dict"]
+
+    a, b, c = weights(0, "a"), weights(0, "bb"), weights(1, "c")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
