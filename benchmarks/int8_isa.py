@@ -76,17 +76,9 @@ MODELS = {
 
 
 def target(label: str):
-    from edgekit.targets import Target, get_target
+    from edgekit.targets import variant
 
-    base = get_target("ort-cpu-int8")
-    return Target(
-        name=f"ort-cpu-int8.{label}",
-        backend=base.backend,
-        precision=base.precision,
-        options={**base.options, **BASE, **CONFIGS[label]},
-        requires=base.requires,
-        path=base.path,
-    )
+    return variant("ort-cpu-int8", label, {**BASE, **CONFIGS[label]})
 
 
 def workspace(root: Path, name: str, data: Path):

@@ -66,17 +66,9 @@ MODELS = tuple(f"digits-s{i}" for i in range(8)) + ("resnet20", "resnet18")
 
 
 def target(label: str):
-    from edgekit.targets import Target, get_target
+    from edgekit.targets import variant
 
-    base = get_target("ov-cpu-int8")
-    return Target(
-        name=f"ov-cpu-int8.{label}",  # a valid target name (the manifest checks it)
-        backend=base.backend,
-        precision=base.precision,
-        options={**base.options, **BASE, **CONFIGS[label]},
-        requires=base.requires,
-        path=base.path,
-    )
+    return variant("ov-cpu-int8", label, {**BASE, **CONFIGS[label]})
 
 
 def workspace(root: Path, name: str, data: Path):

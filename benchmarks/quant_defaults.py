@@ -41,17 +41,9 @@ CONFIGS: dict[str, dict] = {
 
 
 def int8_target(label: str, overrides: dict):
-    from edgekit.targets import Target, get_target
+    from edgekit.targets import variant
 
-    base = get_target("ort-cpu-int8")
-    return Target(
-        name=f"ort-cpu-int8.{label}",  # a valid target name (the manifest checks it)
-        backend=base.backend,
-        precision=base.precision,
-        options={**base.options, **overrides},
-        requires=base.requires,
-        path=base.path,
-    )
+    return variant("ort-cpu-int8", label, overrides)
 
 
 def measure(artifact_dir: Path, test, seconds: float, threads: int, accuracy: bool) -> dict:

@@ -176,6 +176,24 @@ def get_target(name: str, extra_files: list[str | Path] | None = None) -> Target
     return targets[name]
 
 
+def variant(base: str, label: str, options: dict) -> Target:
+    """Target ``base`` with ``options`` over its own, named ``BASE.LABEL`` (a valid target
+    name, which the manifest checks): the configurations of a defaults sweep.
+
+    Raises:
+        EdgekitError: no target named ``base``.
+    """
+    t = get_target(base)
+    return Target(
+        name=f"{base}.{label}",
+        backend=t.backend,
+        precision=t.precision,
+        options={**t.options, **options},
+        requires=t.requires,
+        path=t.path,
+    )
+
+
 def unavailable_reason(target: Target) -> str | None:
     """Why ``target`` cannot be built and run here, or None when it can."""
     from edgekit.backends import get_backend

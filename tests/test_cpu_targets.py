@@ -302,3 +302,15 @@ def test_resnet20_int8_within_0_3_points(resnet20_workspace, cifar10, name):
         runner.close()
     assert acc["images"] == 10_000
     assert acc["top1"] >= RESNET20_TOP1 - 0.3, acc["top1"]
+
+
+def test_variant_overrides_options_and_keeps_the_backend():
+    from edgekit.errors import EdgekitError
+    from edgekit.targets import get_target, variant
+
+    base = get_target("ort-cpu-int8")
+    v = variant("ort-cpu-int8", "per-tensor", {"per_channel": False})
+    assert v.name == "ort-cpu-int8.per-tensor" and v.backend == base.backend
+    assert v.options == {**base.options, "per_channel": False} and base.options["per_channel"]
+    with pytest.raises(EdgekitError, match="unknown target"):
+        variant("no-such-target", "x", {})
