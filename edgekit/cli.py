@@ -1010,6 +1010,13 @@ def compression_summary(rec: dict) -> str:
             f"centroids) for {cb['dense_bytes'] / 1e3:.1f} kB of float32 weights; at most "
             f"{rec.get('max_distinct')} distinct values per layer"
         )
+    if "dropped" in rec:
+        b, a = rec["before"], rec["after"]
+        return (
+            f"dropped {len(rec['dropped'])} of {len(rec['droppable'])} droppable blocks "
+            f"({', '.join(rec['dropped'])}); MACs {b['macs'] / 1e6:.2f}M -> "
+            f"{a['macs'] / 1e6:.2f}M (-{1 - a['macs'] / b['macs']:.1%})"
+        )
     return f"{rec.get('technique')} done"
 
 
@@ -1099,6 +1106,43 @@ def cluster_cmd(
     options = {"layers": _names(layers), "ignore": _names(ignore)}
     _compress(
         "cluster", bits, options, weights, out, dataset, data_dir, model, finetune_epochs,
+        finetune_minutes, lr, recipe, distill, device, force,
+    )  # fmt: skip
+
+
+@app.command("drop-blocks")
+def drop_blocks_cmd(
+    weights: Annotated[Path, typer.Option("--weights", help="Checkpoint to make shallower.")],
+    out: CompressOut,
+    level: Annotated[
+        float | None,
+        typer.Option(
+            "--level",
+            help="Fraction of each stage's droppable residual blocks to drop, in (0, 1); "
+            "the last ones of the stage go.",
+        ),
+    ] = None,
+    blocks: Annotated[
+        str | None,
+        typer.Option("--blocks", help="Drop these blocks instead, comma-separated (layer2.2,...)."),
+    ] = None,
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = None,
+    finetune_epochs: FinetuneEpochs = None,
+    finetune_minutes: FinetuneMinutes = None,
+    lr: FinetuneLr = None,
+    recipe: RecipeOpt = None,
+    distill: Distill = False,
+    device: DeviceOpt = None,
+    force: CheckpointForce = False,
+):
+    """Depth pruning: replace whole residual blocks (identity shortcut, same shape in and
+    out) by the identity, then fine-tune. Removes operators, not just MACs: what pays on
+    a small model bound by its operator count (stochastic depth, Huang et al. 2016)."""
+    options = {"blocks": _names(blocks)} if blocks else {}
+    _compress(
+        "depth", level, options, weights, out, dataset, data_dir, model, finetune_epochs,
         finetune_minutes, lr, recipe, distill, device, force,
     )  # fmt: skip
 

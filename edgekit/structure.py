@@ -11,6 +11,10 @@ Low-rank factorization (:mod:`edgekit.compress.lowrank`) replaces a convolution 
 :class:`edgekit.layers.LowRankConv2d`; its entry (``LowRankConv2d``: ``in``, ``out``,
 ``rank``) makes :func:`apply_structure` swap the factory's ``nn.Conv2d`` for one, with
 the original's kernel, stride, padding, dilation and bias.
+
+Depth pruning (:mod:`edgekit.compress.depth`) replaces a residual block by ``nn.Identity``;
+its entry (``Identity``, no fields) makes :func:`apply_structure` drop the factory's block
+(any module type) before the weights load.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ ENTRY_SCHEMAS = {
     "Linear": Dict({"type": Str(), "in": _DIM, "out": _DIM}),
     "PadShortcut": Dict({"type": Str(), "before": _PAD, "after": _PAD}),
     "LowRankConv2d": Dict({"type": Str(), "in": _DIM, "out": _DIM, "rank": _DIM}),
+    # a whole module (a residual block) dropped by edgekit.compress.depth: nn.Identity
+    "Identity": Dict({"type": Str()}),
 }
 #: entry type -> the module types (by ``_attrs`` type) a recorded entry may replace
 _REPLACES = {"LowRankConv2d": ("Conv2d", "LowRankConv2d")}
@@ -73,6 +79,8 @@ def _is_pad_shortcut(m: nn.Module) -> bool:
 
 
 def _attrs(m: nn.Module) -> dict | None:
+    if isinstance(m, nn.Identity):
+        return {"type": "Identity"}
     if isinstance(m, LowRankConv2d):
         return {"type": "LowRankConv2d", "in": m.in_channels, "out": m.out_channels, "rank": m.rank}
     if isinstance(m, nn.Conv2d):
@@ -162,6 +170,9 @@ def apply_structure(
             raise EdgekitError(
                 f"checkpoint structure names layer {name!r}, which this model does not have"
             ) from None
+        if a["type"] == "Identity":  # a dropped block: whatever the factory built there
+            _set(model, name, nn.Identity())
+            continue
         cur = _attrs(m)
         if cur is None or cur["type"] not in _REPLACES.get(a["type"], (a["type"],)):
             raise EdgekitError(

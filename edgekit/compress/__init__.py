@@ -25,6 +25,7 @@ TECHNIQUES: dict[str, str] = {
     "unstructured": "edgekit.compress.sparsity",
     "2:4": "edgekit.compress.sparsity:TWO_FOUR",
     "cluster": "edgekit.compress.cluster",
+    "depth": "edgekit.compress.depth",
 }
 
 
