@@ -75,6 +75,7 @@ def _compare(work: Path, rec: dict, test, rounds: int) -> dict:
                 "kind": "chosen" if chosen and c["trial"] == chosen["trial"] else "uniform",
                 "uniform": c.get("uniform"),
                 "stage_ratios": c["stage_ratios"],
+                "dropped": c.get("dropped"),
                 "macs": c["macs"],
                 "val_top1": c["val_top1"],
                 "test_top1": r["top1"],
@@ -101,6 +102,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("benchmarks/work/search"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/search.json"))
     ap.add_argument("--force", action="store_true")
+    ap.add_argument(
+        "--depth", action="store_true",
+        help="Also search residual blocks dropped per stage (edgekit search --depth); "
+        "searches live in WORK/TARGET-depth.",
+    )  # fmt: skip
     args = ap.parse_args()
 
     import torch
@@ -123,8 +129,9 @@ def main() -> None:
     }
     for target in args.targets.split(","):
         t0 = time.monotonic()
-        work = args.work / target
+        work = args.work / (target + ("-depth" if args.depth else ""))
         cfg = SearchConfig(
+            depth=args.depth,
             target=target,
             budget_ratio=args.budget_ratio,
             trials=args.trials,
@@ -166,6 +173,7 @@ def main() -> None:
                         "trial",
                         "uniform",
                         "stage_ratios",
+                        "dropped",
                         "macs",
                         "val_top1",
                         "p50_ms",
@@ -209,6 +217,8 @@ def main() -> None:
 
 
 def _markdown(result: dict) -> str:
+    from edgekit.search import uniform_text
+
     lines = []
     for target, s in result["searches"].items():
         b = s["budget"]
@@ -223,10 +233,12 @@ def _markdown(result: dict) -> str:
             if r.get("val_top1") is None:
                 lines.append(f"| {r['trial']} | failed | | | | | | |")
                 continue
-            kind = f"uniform {r['uniform']:g}" if r.get("uniform") is not None else "TPE"
+            kind = uniform_text(r.get("uniform"))
             if r.get("duplicate_of") is not None:
                 kind += f" (= trial {r['duplicate_of']})"
             ratios = " ".join(f"{k}={v:g}" for k, v in r["stage_ratios"].items())
+            if r.get("dropped"):
+                ratios += "; dropped " + ",".join(r["dropped"])
             lines.append(
                 f"| {r['trial']} | {kind} | {ratios} | {r['macs'] / 1e6:.2f} | "
                 f"{r['val_top1']:.2f} | {r['p50_ms']:.3f} | {r['latency_ratio']:.3f} | "

@@ -1388,6 +1388,14 @@ def search_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Start over, replacing a search in WORK.")
     ] = False,
+    depth: Annotated[
+        bool,
+        typer.Option(
+            "--depth",
+            help="Also search how many residual blocks each stage drops (edgekit drop-blocks): "
+            "removes operators, what pays on a model bound by its operator count.",
+        ),
+    ] = False,
 ):
     """Search per-stage pruning ratios for the best validation top-1 under a p50 budget.
 
@@ -1413,6 +1421,7 @@ def search_cmd(
         rounds=rounds,
         threads=threads,
         exporter=exporter,
+        depth=depth,
     )
     search(
         cfg,

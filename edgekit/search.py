@@ -94,6 +94,11 @@ class SearchConfig:
         min_duration_s: seconds of timed batch-1 queries per artifact per trial.
         threads: intra-op threads of the runtime while measuring.
         uniform: uniform-ratio trials enqueued first (at most).
+        depth: also search, per stage, how many of its droppable residual blocks are
+            replaced by the identity (:mod:`edgekit.compress.depth`: the last ones of the
+            stage go), before channel pruning; uniform depths (the same count in every
+            stage) are enqueued after the uniform ratios. Removes operators: what pays on a
+            model bound by its operator count (``benchmarks/depth_latency.py``).
     """
 
     target: str
@@ -113,6 +118,7 @@ class SearchConfig:
     threads: int = 1
     uniform: int = 3
     exporter: str = "dynamo"
+    depth: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -349,6 +355,26 @@ def _prepare_dir(work: Path, fp: dict, force: bool) -> bool:
     return False
 
 
+def torch_zeros(pre):
+    """A float32 [1, 3, H, W] zero input for ``pre``'s image size."""
+    import torch
+
+    return torch.zeros(1, 3, pre.height, pre.width)
+
+
+#: prefix of a depth parameter in a trial's ``steps`` (``drop:layer2`` = blocks dropped)
+DROP = "drop:"
+
+
+def depth_plan(groups: dict[str, list[str]], steps: dict) -> list[str]:
+    """The blocks a trial drops: the last ``steps["drop:G"]`` blocks of each group G."""
+    out = []
+    for g, blocks in groups.items():
+        k = int(steps.get(DROP + g, 0))
+        out += blocks[len(blocks) - k :] if k > 0 else []
+    return out
+
+
 def _latency_ratio(trial_row: dict, ref_row: dict) -> tuple[float, list[float]]:
     """Median and [min, max] of the per-round ratios trial p50 / reference p50."""
     a = trial_row["latency_ms"]["rounds_p50"]
@@ -382,6 +408,23 @@ class _Search:
         self.num_classes = meta.get("num_classes", ds.num_classes)
         self.pre = resolve_preprocess(ds, model_normalization(self.model_name), None, meta)
         self.stages = find_stages(self.base, cfg.round_to, cfg.importance)
+        self.depth: dict[str, list[str]] = {}
+        if cfg.depth:
+            import torch
+
+            from edgekit.compress.depth import droppable_blocks
+
+            example = torch.zeros(1, 3, self.pre.height, self.pre.width)
+            self.depth = droppable_blocks(self.base, example)
+            if not self.depth:
+                raise EdgekitError(
+                    "--depth: the model has no droppable residual block (identity shortcut, "
+                    "same shape in and out)",
+                    "search without --depth",
+                )
+        from edgekit.prune import model_stats
+
+        self.base_macs = model_stats(self.base, torch_zeros(self.pre))["macs"]
         per_class = int(self.target.options.get("calib_per_class") or 0)
         self.splits = search_splits(
             train.y, per_class, cfg.val_images, cfg.train_subset, cfg.seed, ds.num_classes
@@ -463,9 +506,15 @@ class _Search:
 
         c = self.cfg
         t0 = time.monotonic()
-        per_layer = {n: s.ratio(steps[s.name], c.round_to) for s in self.stages for n in s.layers}
-        per_layer = {n: r for n, r in per_layer.items() if r > 0}
         model = copy.deepcopy(self.base)
+        dropped = depth_plan(self.depth, steps)
+        if dropped:
+            from edgekit.compress.depth import TECHNIQUE as DEPTH
+
+            DEPTH.apply(model, torch_zeros(self.pre), None, {"blocks": dropped}, lambda *_: None)
+        alive = {n for n, _ in model.named_modules()}
+        per_layer = {n: s.ratio(steps[s.name], c.round_to) for s in self.stages for n in s.layers}
+        per_layer = {n: r for n, r in per_layer.items() if r > 0 and n in alive}
         pcfg = PruneConfig(
             ratio=0.0, per_layer=per_layer, round_to=c.round_to, importance=c.importance
         )
@@ -501,21 +550,37 @@ class _Search:
             ckpt.unlink(missing_ok=True)
         ref_row, row = self.measure(ref, art)
         ratio, spread = _latency_ratio(row, ref_row)
-        widths = {n: _out_width(model.get_submodule(n)) for s in self.stages for n in s.layers}
+        alive = {n for n, _ in model.named_modules()}
+        widths = {
+            n: _out_width(model.get_submodule(n))
+            for s in self.stages
+            for n in s.layers
+            if n in alive
+        }
         return {
             "trial": number,
             "status": "ok",
             "steps": dict(steps),
             "stage_ratios": {
                 s.name: round(
-                    1 - min(widths[n] / w for n, w in zip(s.layers, s.widths, strict=True)), 4
+                    1
+                    - min(
+                        [
+                            widths[n] / w
+                            for n, w in zip(s.layers, s.widths, strict=True)
+                            if n in widths
+                        ]
+                        or [1.0]
+                    ),
+                    4,
                 )
                 for s in self.stages
             },
+            "dropped": dropped,
             "widths": widths,
             "macs": res.after["macs"],
             "params": res.after["params"],
-            "macs_reduction": res.macs_reduction,
+            "macs_reduction": round(1 - res.after["macs"] / self.base_macs, 4),
             "val_top1": row["top1"],
             "ref_val_top1": ref_row["top1"],
             "p50_ms": row["latency_ms"]["p50"],
@@ -623,11 +688,20 @@ def search(
         if resuming and finished:
             log(f"resuming the search in {work}: {len(finished)} trial(s) already done")
         if not study.trials:
+            no_drop = {f"drop_{g}": 0 for g in s.depth}
             for u in uniform:
                 study.enqueue_trial(
-                    {f"steps_{k}": v for k, v in uniform_steps(s.stages, u, cfg.round_to).items()},
+                    {f"steps_{k}": v for k, v in uniform_steps(s.stages, u, cfg.round_to).items()}
+                    | no_drop,
                     user_attrs={"uniform": u},
                 )
+            if s.depth:  # uniform depths: k blocks of every stage (as many as it has)
+                for k in range(1, max(len(b) for b in s.depth.values())):
+                    study.enqueue_trial(
+                        {f"steps_{st.name}": 0 for st in s.stages}
+                        | {f"drop_{g}": min(k, len(b)) for g, b in s.depth.items()},
+                        user_attrs={"uniform": f"depth {k}"},
+                    )
 
         # ratios already measured: a repeat suggestion (TPE repeats itself in a small
         # discrete space) reuses the row instead of spending a fine-tune, and does not count
@@ -637,16 +711,17 @@ def search(
             if not t.user_attrs["row"].get("duplicate_of")
         }
         space = math.prod(st.max_steps + 1 for st in s.stages)
+        space *= math.prod(len(b) + 1 for b in s.depth.values())
         wanted = min(cfg.trials, space)
 
         def objective(trial):
             steps = {
                 st.name: trial.suggest_int(f"steps_{st.name}", 0, st.max_steps) for st in s.stages
             }
+            for g, blocks in s.depth.items():
+                steps[DROP + g] = trial.suggest_int(f"drop_{g}", 0, len(blocks))
             kind = (
-                f"uniform {trial.user_attrs['uniform']:g}"
-                if "uniform" in trial.user_attrs
-                else "tpe"
+                f"uniform {trial.user_attrs['uniform']}" if "uniform" in trial.user_attrs else "tpe"
             )
             prev = measured.get(_key(steps))
             if prev is not None:
@@ -766,6 +841,13 @@ def search(
         _write(work, record)
         log(f"chose trial {chosen['trial']}: wrote {work / 'model.pt'}")
         return record
+
+
+def uniform_text(u) -> str:
+    """How a trial's kind reads: ``uniform 0.5`` (a ratio), ``uniform depth 1``, ``TPE``."""
+    if u is None:
+        return "TPE"
+    return f"uniform {u:g}" if isinstance(u, int | float) else f"uniform {u}"
 
 
 def _key(steps: dict) -> tuple:
@@ -898,10 +980,12 @@ def markdown_table(record: dict) -> str:
                 f"{r.get('reason', '')} |"
             )
             continue
-        kind = f"uniform {r['uniform']:g}" if r.get("uniform") is not None else "TPE"
+        kind = uniform_text(r.get("uniform"))
         if r.get("duplicate_of") is not None:
             kind += f" (= trial {r['duplicate_of']}, not re-measured)"
         ratios = " ".join(f"{k}={v:g}" for k, v in r["stage_ratios"].items())
+        if r.get("dropped"):
+            ratios += "; dropped " + ",".join(r["dropped"])
         lo, hi = r["latency_ratio_range"]
         mark = "**chosen**" if r["trial"] == chosen else ("yes" if r["meets_budget"] else "no")
         lines.append(

@@ -261,3 +261,35 @@ def test_choice_is_the_most_accurate_trial_within_the_budget(tiny, tmp_path, mon
         )
         for r in front
     )
+
+
+def test_depth_search_drops_blocks_and_enqueues_uniform_depth(tiny, tmp_path):
+    """--depth: the uniform depth (the last block of every stage) is enqueued after the
+    uniform ratios; its trial drops those blocks, is lowered and measured, and its
+    checkpoint records them (weights_only load through the structure's Identity entries)."""
+    import torch
+
+    from edgekit.models import build_model, load_model, save_checkpoint
+
+    data, _ = tiny
+    torch.manual_seed(0)
+    w = tmp_path / "r20.pt"
+    save_checkpoint(w, build_model("resnet20", 10), "resnet20", 10, classes=list("0123456789"))
+    cfg = SearchConfig(target="ort-cpu", budget_ratio=5.0, trials=3, depth=True, uniform=1, **FAST)
+    rec = search(cfg, tmp_path / "s", dataset=data, weights=w, device="cpu", log=lambda *_: None)
+    rows = [r for r in rec["trials"] if r.get("duplicate_of") is None]
+    assert [r["uniform"] for r in rows[:3]] == [rows[0]["uniform"], "depth 1", "depth 2"]
+    d1, d2 = rows[1], rows[2]
+    assert d1["status"] == d2["status"] == "ok"
+    assert d1["dropped"] == ["layer1.2", "layer2.2", "layer3.2"]
+    assert d2["dropped"] == ["layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
+    assert rows[0]["dropped"] == [] and d2["macs"] < d1["macs"] < 0.7 * 41e6
+    from edgekit.prune import model_stats
+
+    base = model_stats(build_model("resnet20", 10), torch.zeros(1, 3, 32, 32))["macs"]
+    assert d1["macs_reduction"] == pytest.approx(1 - d1["macs"] / base, abs=1e-3)  # vs the base
+    assert "dropped layer1.2" in (tmp_path / "s" / "search.md").read_text()
+    model, meta = load_model(None, tmp_path / "s" / "model.pt", None)
+    chosen = rec["chosen"]
+    for name in chosen["dropped"]:
+        assert isinstance(model.get_submodule(name), torch.nn.Identity)
