@@ -261,9 +261,11 @@ def _markdown(result: dict) -> str:
                 name = (
                     f"chosen (trial {r['trial']})"
                     if r["kind"] == "chosen"
-                    else f"uniform {r['uniform']:g}"
+                    else uniform_text(r["uniform"])
                 )
                 ratios = " ".join(f"{k}={v:g}" for k, v in r["stage_ratios"].items())
+                if r.get("dropped"):
+                    ratios += "; dropped " + ",".join(r["dropped"])
                 lo, hi = r["latency_ratio_range"]
                 lines.append(
                     f"| {name} | {ratios} | {r['test_top1']:.2f} | {r['p50_ms']:.3f} | "
