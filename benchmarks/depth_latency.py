@@ -19,8 +19,9 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/depth_latency.py [--rounds 9]
 
-Writes ``benchmarks/results/depth_latency.json``. Not an edgekit technique yet: a model with
-dropped blocks cannot be saved as an edgekit checkpoint (no ``structure`` entry for it).
+Writes ``benchmarks/results/depth_latency.json``. This measurement came before the
+``depth`` technique (``edgekit drop-blocks``, :mod:`edgekit.compress.depth`) and measures
+the drop directly (its own throw-away technique); ``edgekit search --depth`` searches it.
 """
 
 from __future__ import annotations
