@@ -114,7 +114,8 @@ def describe_structure(model: nn.Module, reference: nn.Module | None = None) -> 
     return out
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace ``model``'s submodule ``name`` (dotted, e.g. ``layer2.1``) by ``new``."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -171,7 +172,7 @@ def apply_structure(
                 f"checkpoint structure names layer {name!r}, which this model does not have"
             ) from None
         if a["type"] == "Identity":  # a dropped block: whatever the factory built there
-            _set(model, name, nn.Identity())
+            set_module(model, name, nn.Identity())
             continue
         cur = _attrs(m)
         if cur is None or cur["type"] not in _REPLACES.get(a["type"], (a["type"],)):
@@ -230,5 +231,5 @@ def apply_structure(
         else:
             m.pad_before, m.pad_after = a["before"], a["after"]
             continue
-        _set(model, name, new)
+        set_module(model, name, new)
     return model

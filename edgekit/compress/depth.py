@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import EdgekitError
+from edgekit.structure import set_module
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 #: elementwise activations a block may apply after its residual addition
@@ -124,11 +125,6 @@ def droppable_blocks(model: nn.Module, example: torch.Tensor) -> dict[str, list[
     return groups
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 class Depth:
     name = "depth"
     level_doc = "fraction of each stage's droppable residual blocks dropped"
@@ -185,7 +181,7 @@ class Depth:
                     f" (or name blocks with --blocks; smallest stage: {smallest})",
                 )
         for b in blocks:
-            _set(model, b, nn.Identity())
+            set_module(model, b, nn.Identity())
         log(f"  dropped {len(blocks)} of {len(candidates)} droppable blocks: {', '.join(blocks)}")
         return {
             "dropped": blocks,

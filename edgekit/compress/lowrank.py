@@ -72,6 +72,7 @@ from torch import nn
 
 from edgekit.errors import EdgekitError
 from edgekit.layers import LowRankConv2d
+from edgekit.structure import set_module
 
 __all__ = ["LowRankConv2d", "TECHNIQUE", "LowRank", "factorize_conv", "parse_ranks"]
 
@@ -275,11 +276,6 @@ def _convs(model: nn.Module, example: torch.Tensor, include_first: bool) -> dict
     return {n: _Layer(n, m, positions[n]) for n, m in names.items() if n in positions}
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 class LowRank:
     """The ``lowrank`` technique (see the module doc for the algorithm and options)."""
 
@@ -441,7 +437,7 @@ class LowRank:
                     f"(it saves MACs below rank {layers[n].max_saving_rank() + 1})"
                 )
         for n in sorted(chosen, key=list(layers).index):
-            _set(model, n, factorize_conv(layers[n].conv, chosen[n]))
+            set_module(model, n, factorize_conv(layers[n].conv, chosen[n]))
         planned = reduction({n: r for n, r in chosen.items() if n in free})
         log(
             f"  factorized {len(chosen)} of {len(layers)} eligible convolutions "
