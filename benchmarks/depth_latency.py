@@ -20,8 +20,8 @@ Usage::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/depth_latency.py [--rounds 9]
 
 Writes ``benchmarks/results/depth_latency.json``. This measurement came before the
-``depth`` technique (``edgekit drop-blocks``, :mod:`edgekit.compress.depth`) and measures
-the drop directly (its own throw-away technique); ``edgekit search --depth`` searches it.
+``depth`` technique (``edgekit drop-blocks``, :mod:`edgekit.compress.depth`), which the
+script now uses (the same blocks); ``edgekit search --depth`` searches the same axis.
 """
 
 from __future__ import annotations
@@ -43,47 +43,30 @@ R20 = SHARED / "models" / "resnet20-12fca82f.th"
 CIFAR = SHARED / "data" / "cifar10"
 
 
-def variants(model, stages=("layer1", "layer2", "layer3")):
-    """name -> model with the last k blocks of every stage replaced by nn.Identity."""
+def plans(model) -> dict[str, list[str]]:
+    """name -> the blocks dropped: the last k droppable blocks of every stage
+    (:func:`edgekit.compress.depth.droppable_blocks`; k = 0 is the full model)."""
     import torch
 
-    depth = min(len(getattr(model, s)) for s in stages)
-    out = {}
-    for k in range(depth):  # block 0 changes the shape (stride / channels): never dropped
-        m = copy.deepcopy(model)
-        for s in stages:
-            seq = getattr(m, s)
-            for b in range(len(seq) - k, len(seq)):
-                seq[b] = torch.nn.Identity()
-        out["full" if k == 0 else f"drop {k} per stage"] = m
-    return out
+    from edgekit.compress.depth import droppable_blocks, last_blocks
+
+    groups = droppable_blocks(model, torch.zeros(1, 3, 32, 32))
+    return {
+        "full" if k == 0 else f"drop {k} per stage": last_blocks(groups, dict.fromkeys(groups, k))
+        for k in range(min(len(g) for g in groups.values()) + 1)
+    }
 
 
-class DropBlocks:
-    """A throw-away technique for :func:`edgekit.compress.driver.compress_model`: the last
-    ``level`` blocks of every stage become identities (the fine-tuning recipe, KD and
-    BatchNorm re-estimation are then the driver's, as for every technique)."""
+def dropped(model, blocks: list[str]):
+    """A copy of ``model`` with ``blocks`` replaced by nn.Identity."""
+    import torch
 
-    name = "depth-probe"
-    level_doc = "blocks dropped per stage"
+    from edgekit.structure import set_module
 
-    def check(self, level, options):
-        return None
-
-    def apply(self, model, example, level, options, log):
-        import torch
-
-        for s in ("layer1", "layer2", "layer3"):
-            seq = getattr(model, s)
-            for b in range(len(seq) - int(level), len(seq)):
-                seq[b] = torch.nn.Identity()
-        return {}
-
-    def finalize(self, model):
-        return {}
-
-
-DROP = DropBlocks()
+    m = copy.deepcopy(model)
+    for b in blocks:
+        set_module(m, b, torch.nn.Identity())
+    return m
 
 
 def int8_onnx(fp32: Path, out: Path) -> Path:
@@ -148,7 +131,9 @@ def main() -> int:
     example = torch.zeros(1, 3, 32, 32)
     rows, sessions = {}, {}
     td = Path(tempfile.mkdtemp(prefix="edgekit-depth-"))
-    for name, m in variants(model).items():
+    plan = plans(model)
+    for name, blocks in plan.items():
+        m = dropped(model, blocks)
         with torch.no_grad():
             top1 = float((m(torch.from_numpy(x)).argmax(1).numpy() == y).mean() * 100)
         p = td / (name.replace(" ", "_") + ".onnx")
@@ -168,23 +153,24 @@ def main() -> int:
             "macs_m": round(model_stats(m, example)["macs"] / 1e6, 2),
         }
     if a.finetune_epochs > 0:  # top-1 after KD fine-tuning, on the full test set
-        from edgekit.compress import register
         from edgekit.compress.driver import compress_model
         from edgekit.data import balanced_indices, load_dataset
         from edgekit.prune import finetune_config
 
-        register("depth-probe", "__main__:DROP")
         ds = load_dataset(f"npz:{CIFAR}")
         train = ds.split("train")
         train = train.subset(balanced_indices(train.y, a.train_subset // 10))
         xt = pre.apply(test["x"])
-        for k, name in enumerate(rows):
-            if k == 0:
+        for name, blocks in plan.items():
+            if not blocks:
                 continue
             m = copy.deepcopy(model)
             t0 = time.time()
             tcfg = finetune_config(None, a.finetune_epochs, None, None)
-            compress_model(m, "depth-probe", k, train, pre, train_cfg=tcfg, distill=True)
+            compress_model(
+                m, "depth", None, train, pre, options={"blocks": blocks},
+                train_cfg=tcfg, distill=True,
+            )  # fmt: skip
             with torch.no_grad():
                 pred = np.concatenate(
                     [

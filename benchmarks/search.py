@@ -217,7 +217,7 @@ def main() -> None:
 
 
 def _markdown(result: dict) -> str:
-    from edgekit.search import uniform_text
+    from edgekit.search import ratios_text, uniform_text
 
     lines = []
     for target, s in result["searches"].items():
@@ -236,9 +236,7 @@ def _markdown(result: dict) -> str:
             kind = uniform_text(r.get("uniform"))
             if r.get("duplicate_of") is not None:
                 kind += f" (= trial {r['duplicate_of']})"
-            ratios = " ".join(f"{k}={v:g}" for k, v in r["stage_ratios"].items())
-            if r.get("dropped"):
-                ratios += "; dropped " + ",".join(r["dropped"])
+            ratios = ratios_text(r)
             lines.append(
                 f"| {r['trial']} | {kind} | {ratios} | {r['macs'] / 1e6:.2f} | "
                 f"{r['val_top1']:.2f} | {r['p50_ms']:.3f} | {r['latency_ratio']:.3f} | "
@@ -263,9 +261,7 @@ def _markdown(result: dict) -> str:
                     if r["kind"] == "chosen"
                     else uniform_text(r["uniform"])
                 )
-                ratios = " ".join(f"{k}={v:g}" for k, v in r["stage_ratios"].items())
-                if r.get("dropped"):
-                    ratios += "; dropped " + ",".join(r["dropped"])
+                ratios = ratios_text(r)
                 lo, hi = r["latency_ratio_range"]
                 lines.append(
                     f"| {name} | {ratios} | {r['test_top1']:.2f} | {r['p50_ms']:.3f} | "

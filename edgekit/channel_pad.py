@@ -32,17 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.fileio import atomic_path
+from edgekit.saturation import onnx_attr
+
 #: MLAS's symmetric INT8 convolution needs input channels in multiples of this.
 MULTIPLE = 4
-
-
-def _attr(node, name, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def pad_input_channels(path: Path, multiple: int = MULTIPLE) -> dict:
@@ -96,7 +90,7 @@ def pad_input_channels(path: Path, multiple: int = MULTIPLE) -> dict:
         return no("the quantized input does not feed only DequantizeLinear nodes")
     convs = [c2 for dq in dqs for c2 in consumers.get(dq.output[0], [])]
     if not convs or any(
-        n.op_type != "Conv" or int(_attr(n, "group", 1)) != 1 or n.input[0] not in
+        n.op_type != "Conv" or int(onnx_attr(n, "group", 1)) != 1 or n.input[0] not in
         {dq.output[0] for dq in dqs} for n in convs
     ):  # fmt: skip
         return no("the dequantized input does not feed only ungrouped Conv nodes")
@@ -109,7 +103,7 @@ def pad_input_channels(path: Path, multiple: int = MULTIPLE) -> dict:
             return no(f"Conv {conv.name or conv.output[0]}: its weights are shared")
         scale = inits.get(wdq.input[1]) if len(wdq.input) > 1 else None
         per_tensor = scale is not None and int(np.prod(scale.dims)) == 1
-        if scale is None or not (per_tensor or int(_attr(wdq, "axis", 1)) in (0, -4)):
+        if scale is None or not (per_tensor or int(onnx_attr(wdq, "axis", 1)) in (0, -4)):
             return no(f"Conv {conv.name or conv.output[0]}: weight scales not per output channel")
         w = numpy_helper.to_array(inits[wdq.input[0]])
         if w.dtype != np.int8 or w.ndim != 4 or w.shape[1] != c:
@@ -135,9 +129,8 @@ def pad_input_channels(path: Path, multiple: int = MULTIPLE) -> dict:
     del g.value_info[:]
     g.value_info.extend(keep)
     onnx.checker.check_model(m)
-    tmp = Path(str(path) + ".pad.tmp")
-    onnx.save(m, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, force=True) as tmp:
+        onnx.save(m, str(tmp))
     return {
         "applied": True,
         "input": x.name,

@@ -43,7 +43,8 @@ INT16_MIN, INT16_MAX = -32768, 32767
 RISKY_SUM = 129
 
 
-def _attr(node, name, default=None):
+def onnx_attr(node, name, default=None):
+    """The value of ONNX node attribute ``name``, or ``default``."""
     import onnx
 
     for a in node.attribute:
@@ -96,7 +97,7 @@ def _qdq_matmuls(model):
         if pw.input[0] not in init:
             continue
         w = numpy_helper.to_array(init[pw.input[0]])
-        if n.op_type == "MatMul" or (n.op_type == "Gemm" and not _attr(n, "transB", 0)):
+        if n.op_type == "MatMul" or (n.op_type == "Gemm" and not onnx_attr(n, "transB", 0)):
             w = w.T  # [K, M] -> [M, K]
         yield n, px, w, pw
 
@@ -112,7 +113,9 @@ def _qoperator_weights(model):
             if n.input[3] not in init:
                 continue
             w = numpy_helper.to_array(init[n.input[3]])
-            if n.op_type == "QLinearMatMul" or (n.op_type == "QGemm" and not _attr(n, "transB", 0)):
+            if n.op_type == "QLinearMatMul" or (
+                n.op_type == "QGemm" and not onnx_attr(n, "transB", 0)
+            ):
                 w = w.T
             yield n, w
 
@@ -140,7 +143,7 @@ def risky_weight_pairs(onnx_path: str | Path, order: str = "hwc") -> dict:
         if w.dtype != np.int8:
             skipped.append(f"{name}: weights {w.dtype}, not int8")
             continue
-        if n.op_type in ("Conv", "QLinearConv") and int(_attr(n, "group", 1)) != 1:
+        if n.op_type in ("Conv", "QLinearConv") and int(onnx_attr(n, "group", 1)) != 1:
             skipped.append(f"{name}: grouped convolution (another MLAS kernel)")
             continue
         mask = risky_pairs_mask(weight_k_matrix(w, order))
@@ -204,7 +207,7 @@ class QdqEmulator:
                 continue
             if len(px.input) < 3 or self.qtype.get(px.input[2]) != np.uint8:
                 continue  # int8 (S8S8) activations: not the U8S8 vpmaddubsw path
-            if n.op_type == "Conv" and int(_attr(n, "group", 1)) != 1:
+            if n.op_type == "Conv" and int(onnx_attr(n, "group", 1)) != 1:
                 continue
             wk = weight_k_matrix(w, order)
             mask = risky_pairs_mask(wk)
@@ -251,9 +254,9 @@ class QdqEmulator:
         st = self.stats[name]
         if node.op_type == "Conv":
             kh, kw = wshape[2], wshape[3]
-            pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-            strides = list(_attr(node, "strides", [1, 1]))
-            dil = list(_attr(node, "dilations", [1, 1]))
+            pads = list(onnx_attr(node, "pads", [0, 0, 0, 0]))
+            strides = list(onnx_attr(node, "strides", [1, 1]))
+            dil = list(onnx_attr(node, "dilations", [1, 1]))
             xp = torch.nn.functional.pad(qx, (pads[1], pads[3], pads[0], pads[2]), value=float(zpx))
             u = torch.nn.functional.unfold(xp, (kh, kw), dilation=dil, stride=strides)
             c = wshape[1]
@@ -296,36 +299,36 @@ class QdqEmulator:
                 dt = qtype.get(node.input[2], np.uint8) if len(node.input) > 2 else np.uint8
                 qtype[node.output[0]] = dt
                 out = self._q(
-                    ins[0], ins[1], ins[2] if len(ins) > 2 else None, _attr(node, "axis", 1), dt
+                    ins[0], ins[1], ins[2] if len(ins) > 2 else None, onnx_attr(node, "axis", 1), dt
                 )
             elif op == "DequantizeLinear":
                 out = self._dq(
-                    ins[0], ins[1], ins[2] if len(ins) > 2 else None, _attr(node, "axis", 1)
+                    ins[0], ins[1], ins[2] if len(ins) > 2 else None, onnx_attr(node, "axis", 1)
                 )
             elif op == "Conv":
                 k = ins[1].shape[2:]
-                pads = list(_attr(node, "pads", [0] * (2 * len(k))))
+                pads = list(onnx_attr(node, "pads", [0] * (2 * len(k))))
                 xin = F.pad(ins[0], (pads[1], pads[3], pads[0], pads[2]))
                 out = F.conv2d(
                     xin,
                     ins[1],
                     ins[2] if len(ins) > 2 else None,
-                    stride=list(_attr(node, "strides", [1, 1])),
-                    dilation=list(_attr(node, "dilations", [1, 1])),
-                    groups=int(_attr(node, "group", 1)),
+                    stride=list(onnx_attr(node, "strides", [1, 1])),
+                    dilation=list(onnx_attr(node, "dilations", [1, 1])),
+                    groups=int(onnx_attr(node, "group", 1)),
                 )
                 if self.saturate and node.output[0] in self.sat:
                     out = self._correction(node, env, out)
             elif op in ("Gemm", "MatMul"):
                 a, b = ins[0], ins[1]
                 if op == "Gemm":
-                    if _attr(node, "transA", 0):
+                    if onnx_attr(node, "transA", 0):
                         a = a.T
-                    if _attr(node, "transB", 0):
+                    if onnx_attr(node, "transB", 0):
                         b = b.T
-                    out = _attr(node, "alpha", 1.0) * (a @ b)
+                    out = onnx_attr(node, "alpha", 1.0) * (a @ b)
                     if len(ins) > 2 and ins[2] is not None:
-                        out = out + _attr(node, "beta", 1.0) * ins[2]
+                        out = out + onnx_attr(node, "beta", 1.0) * ins[2]
                 else:
                     out = a @ b
                 if self.saturate and node.output[0] in self.sat:
@@ -333,33 +336,47 @@ class QdqEmulator:
             elif op == "Relu":
                 out = F.relu(ins[0])
             elif op == "Clip":
-                lo = ins[1] if len(ins) > 1 and ins[1] is not None else _attr(node, "min", -np.inf)
-                hi = ins[2] if len(ins) > 2 and ins[2] is not None else _attr(node, "max", np.inf)
+                lo = (
+                    ins[1]
+                    if len(ins) > 1 and ins[1] is not None
+                    else onnx_attr(node, "min", -np.inf)
+                )
+                hi = (
+                    ins[2]
+                    if len(ins) > 2 and ins[2] is not None
+                    else onnx_attr(node, "max", np.inf)
+                )
                 out = ins[0].clamp(float(lo), float(hi))
             elif op in ("Add", "Mul", "Sub", "Div"):
                 fn = {"Add": torch.add, "Mul": torch.mul, "Sub": torch.sub, "Div": torch.div}[op]
                 out = fn(ins[0], ins[1])
             elif op == "ReduceMean":
                 axes = (
-                    ins[1].tolist() if len(ins) > 1 and ins[1] is not None else _attr(node, "axes")
+                    ins[1].tolist()
+                    if len(ins) > 1 and ins[1] is not None
+                    else onnx_attr(node, "axes")
                 )
                 out = ins[0].mean(
-                    dim=tuple(int(a) for a in axes), keepdim=bool(_attr(node, "keepdims", 1))
+                    dim=tuple(int(a) for a in axes), keepdim=bool(onnx_attr(node, "keepdims", 1))
                 )
             elif op == "GlobalAveragePool":
                 out = ins[0].mean(dim=(2, 3), keepdim=True)
             elif op == "AveragePool":
                 out = F.avg_pool2d(
-                    ins[0], list(_attr(node, "kernel_shape")), list(_attr(node, "strides", [1, 1]))
+                    ins[0],
+                    list(onnx_attr(node, "kernel_shape")),
+                    list(onnx_attr(node, "strides", [1, 1])),
                 )
             elif op == "MaxPool":
-                pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+                pads = list(onnx_attr(node, "pads", [0, 0, 0, 0]))
                 xin = F.pad(ins[0], (pads[1], pads[3], pads[0], pads[2]), value=-np.inf)
                 out = F.max_pool2d(
-                    xin, list(_attr(node, "kernel_shape")), list(_attr(node, "strides", [1, 1]))
+                    xin,
+                    list(onnx_attr(node, "kernel_shape")),
+                    list(onnx_attr(node, "strides", [1, 1])),
                 )
             elif op == "Flatten":
-                out = ins[0].flatten(int(_attr(node, "axis", 1)))
+                out = ins[0].flatten(int(onnx_attr(node, "axis", 1)))
             elif op == "Reshape":
                 shape = [int(v) for v in ins[1].tolist()]
                 shape = [ins[0].shape[i] if v == 0 else v for i, v in enumerate(shape)]
@@ -388,11 +405,11 @@ class QdqEmulator:
                     idx[a] = slice(int(s), e, int(st))
                 out = ins[0][tuple(idx)]
             elif op == "Concat":
-                out = torch.cat(ins, dim=int(_attr(node, "axis")))
+                out = torch.cat(ins, dim=int(onnx_attr(node, "axis")))
             elif op == "Constant":
                 from onnx import numpy_helper
 
-                a = numpy_helper.to_array(_attr(node, "value"))
+                a = numpy_helper.to_array(onnx_attr(node, "value"))
                 out = torch.from_numpy(a.astype(np.float32 if a.dtype != np.int64 else np.int64))
             else:
                 raise NotImplementedError(f"QdqEmulator: operator {op} is not emulated")

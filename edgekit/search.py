@@ -368,11 +368,15 @@ DROP = "drop:"
 
 def depth_plan(groups: dict[str, list[str]], steps: dict) -> list[str]:
     """The blocks a trial drops: the last ``steps["drop:G"]`` blocks of each group G."""
-    out = []
-    for g, blocks in groups.items():
-        k = int(steps.get(DROP + g, 0))
-        out += blocks[len(blocks) - k :] if k > 0 else []
-    return out
+    from edgekit.compress.depth import last_blocks
+
+    return last_blocks(groups, {g: steps.get(DROP + g, 0) for g in groups})
+
+
+def ratios_text(row: dict) -> str:
+    """A trial's stage ratios (and dropped blocks) as one table cell."""
+    text = " ".join(f"{k}={v:g}" for k, v in row["stage_ratios"].items())
+    return text + ("; dropped " + ",".join(row["dropped"]) if row.get("dropped") else "")
 
 
 def _latency_ratio(trial_row: dict, ref_row: dict) -> tuple[float, list[float]]:
@@ -410,12 +414,9 @@ class _Search:
         self.stages = find_stages(self.base, cfg.round_to, cfg.importance)
         self.depth: dict[str, list[str]] = {}
         if cfg.depth:
-            import torch
-
             from edgekit.compress.depth import droppable_blocks
 
-            example = torch.zeros(1, 3, self.pre.height, self.pre.width)
-            self.depth = droppable_blocks(self.base, example)
+            self.depth = droppable_blocks(self.base, torch_zeros(self.pre))
             if not self.depth:
                 raise EdgekitError(
                     "--depth: the model has no droppable residual block (identity shortcut, "
@@ -507,12 +508,15 @@ class _Search:
         c = self.cfg
         t0 = time.monotonic()
         model = copy.deepcopy(self.base)
-        dropped = depth_plan(self.depth, steps)
+        dropped = depth_plan(self.depth, steps)  # blocks found droppable at start
         if dropped:
-            from edgekit.compress.depth import TECHNIQUE as DEPTH
+            from torch import nn
 
-            DEPTH.apply(model, torch_zeros(self.pre), None, {"blocks": dropped}, lambda *_: None)
-        alive = {n for n, _ in model.named_modules()}
+            from edgekit.structure import set_module
+
+            for b in dropped:
+                set_module(model, b, nn.Identity())
+        alive = {n for n, _ in model.named_modules()}  # pruning removes channels, not modules
         per_layer = {n: s.ratio(steps[s.name], c.round_to) for s in self.stages for n in s.layers}
         per_layer = {n: r for n, r in per_layer.items() if r > 0 and n in alive}
         pcfg = PruneConfig(
@@ -550,7 +554,6 @@ class _Search:
             ckpt.unlink(missing_ok=True)
         ref_row, row = self.measure(ref, art)
         ratio, spread = _latency_ratio(row, ref_row)
-        alive = {n for n, _ in model.named_modules()}
         widths = {
             n: _out_width(model.get_submodule(n))
             for s in self.stages
@@ -983,9 +986,7 @@ def markdown_table(record: dict) -> str:
         kind = uniform_text(r.get("uniform"))
         if r.get("duplicate_of") is not None:
             kind += f" (= trial {r['duplicate_of']}, not re-measured)"
-        ratios = " ".join(f"{k}={v:g}" for k, v in r["stage_ratios"].items())
-        if r.get("dropped"):
-            ratios += "; dropped " + ",".join(r["dropped"])
+        ratios = ratios_text(r)
         lo, hi = r["latency_ratio_range"]
         mark = "**chosen**" if r["trial"] == chosen else ("yes" if r["meets_budget"] else "no")
         lines.append(

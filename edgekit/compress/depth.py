@@ -41,6 +41,16 @@ _ACTIVATIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6}
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.Identity)
 
 
+def last_blocks(groups: dict[str, list[str]], counts: dict[str, int]) -> list[str]:
+    """The last ``counts[G]`` blocks of each group G of :func:`droppable_blocks` (0 when
+    absent), in the groups' order: what a depth level, a search trial or a benchmark drops."""
+    out: list[str] = []
+    for g, blocks in groups.items():
+        k = min(int(counts.get(g, 0)), len(blocks))
+        out += blocks[len(blocks) - k :] if k > 0 else []
+    return out
+
+
 def _is_identity(m: nn.Module) -> bool:
     return isinstance(m, nn.Identity) or (isinstance(m, nn.Sequential) and len(m) == 0)
 
@@ -168,9 +178,8 @@ class Depth:
                     f"droppable blocks: {', '.join(candidates)}",
                 )
         else:
-            for g in groups.values():
-                k = int(round(float(level) * len(g)))
-                blocks += g[len(g) - k :] if k else []
+            counts = {g: int(round(float(level) * len(b))) for g, b in groups.items()}
+            blocks = last_blocks(groups, counts)
             if not blocks:
                 smallest = min(len(g) for g in groups.values())
                 raise EdgekitError(
