@@ -390,8 +390,33 @@ def check_test_split(manifest: dict, test, where: str) -> None:
         )
 
 
+def cpuid_features() -> dict[str, bool] | None:
+    """x86 features as this process's CPUID and OS report them (numpy's runtime CPU
+    dispatch, which reads CPUID and XGETBV as ONNX Runtime's MLAS does), e.g.
+    ``{"AVX2": True, "AVX512F": False, "AVX512VNNI": False, ...}``; None off x86 or when
+    numpy does not expose them."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return None
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as f
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as f
+        except ImportError:
+            return None
+    return dict(f) if isinstance(f, dict) and "AVX2" in f else None
+
+
 def cpu_flags() -> dict:
-    """CPU model and the ISA flags that matter for INT8 (from /proc/cpuinfo)."""
+    """CPU model and the ISA flags that matter for INT8.
+
+    From /proc/cpuinfo, overridden on x86 by what this process's CPUID reports
+    (:func:`cpuid_features`) where the two can differ: the kernels dispatch on CPUID,
+    which an OS that disables AVX-512, a VM, or an emulator (``qemu-x86_64 -cpu EPYC``:
+    AVX2 only, on any host) can make narrower than the host's /proc/cpuinfo. AVX-VNNI
+    (the VEX form) comes from /proc/cpuinfo (numpy has no flag for it), and only where
+    the CPUID view is not narrower than /proc/cpuinfo on AVX-512.
+    """
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -411,6 +436,16 @@ def cpu_flags() -> dict:
         "neon": "asimd" in flags or "neon" in flags,
         "dotprod": "asimddp" in flags,
     }
+    f = cpuid_features()
+    if f is not None:
+        isa["avx2"] = bool(f.get("AVX2"))
+        isa["avx512"] = bool(f.get("AVX512F"))
+        # AVX-VNNI is trusted from /proc/cpuinfo only where CPUID agrees with it on
+        # AVX-512, i.e. where nothing masks the process's view of the host CPU
+        masked = isa["avx512"] != ("avx512f" in flags)
+        isa["vnni"] = bool(f.get("AVX512VNNI")) or (
+            "avx_vnni" in flags and isa["avx2"] and not masked
+        )
     return {"cpu": model, "isa": isa}
 
 

@@ -115,6 +115,55 @@ def test_emulator_saturates_like_vpmaddubsw_and_reduce_range_cannot(tmp_path):
     assert np.allclose(QdqEmulator(rr, saturate=True)(x), 2.0, atol=0.05)
 
 
+QEMU = "qemu-x86_64-static"
+
+
+def test_on_an_emulated_avx2_cpu_onnxruntime_saturates_and_edgekit_says_so(tmp_path):
+    """ONNX Runtime's own AVX2 kernels, on a CPU without VNNI: QEMU's user-mode emulator
+    answers CPUID as an AMD EPYC (Zen 1: AVX2, no AVX-512, no VNNI), so MLAS dispatches
+    its ``vpmaddubsw`` kernel and QEMU executes it. The output is the saturating
+    emulator's, and edgekit's ISA check (CPUID, not the host's /proc/cpuinfo) sees no VNNI,
+    so the runner's warning fires for a full-range artifact."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from edgekit.saturation import QdqEmulator
+
+    if sys.platform != "linux" or shutil.which(QEMU) is None:
+        pytest.skip(f"{QEMU} is not installed (Debian: apt install qemu-user-static)")
+    q = _conv_qdq(tmp_path)
+    x = np.ones((1, 2, 4, 4), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import json, sys, numpy as np, onnxruntime as ort\n"
+        "from edgekit.harness import cpu_flags\n"
+        "from edgekit.backends.onnxruntime import warn_isa\n"
+        "from edgekit.isa import isa_record\n"
+        "d = sys.argv[1]\n"
+        "s = ort.InferenceSession(sys.argv[2], providers=['CPUExecutionProvider'])\n"
+        "np.save(d + '/y.npy', s.run(None, {'x': np.load(d + '/x.npy')})[0])\n"
+        "m = {'target': 'ort-cpu-int8', 'isa': isa_record("
+        "{'activation_type': 'QUInt8', 'weight_type': 'QInt8'}, 16)}\n"
+        "print(json.dumps({'isa': cpu_flags()['isa'], 'warns': bool(warn_isa(m))}))\n"
+    )
+    res = subprocess.run(
+        [QEMU, "-cpu", "EPYC", sys.executable, "-c", code, str(tmp_path), str(q)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["isa"]["avx2"] and not got["isa"]["avx512"] and not got["isa"]["vnni"]
+    assert got["warns"]
+    y = np.load(tmp_path / "y.npy")
+    sat = QdqEmulator(q, saturate=True)(x)
+    exact = QdqEmulator(q, saturate=False)(x)
+    assert np.allclose(y, sat, atol=0.02) and not np.allclose(y, exact, atol=0.5)
+
+
 def test_isa_record_and_problem():
     from edgekit.isa import artifact_safety, isa_problem, isa_record
 
