@@ -14,7 +14,9 @@ Accuracy (real CIFAR-10 and the shared ResNet-20 in ../shared; about an hour on 
   reached 90.18% after 8 epochs), statistics re-estimated on augmented images. Top-1 on
   all 10,000 test images before, right after factorizing, after adaptive BN and at the
   end. Quick check: ``--epochs 1 --train-subset 2000``. ``--allocation zhang`` chooses
-  the ranks by Zhang et al.'s greedy instead of the global threshold (the lowrank option).
+  the ranks by Zhang et al.'s greedy instead of the global threshold (the lowrank option);
+  ``--method responses`` fits each factorization on the layer's responses to 256 training
+  images (Zhang et al. 2015's linear solution) instead of the weight SVD.
 
 Rank allocation, no fine-tuning (minutes; ``--model resnet18`` for the shared ResNet-18)::
 
@@ -23,7 +25,8 @@ Rank allocation, no fine-tuning (minutes; ``--model resnet18`` for the shared Re
         --out runs/alloc18.json
 
   Both rules of ``lowrank``'s ``allocation`` option (``energy``: one global energy
-  threshold; ``zhang``: Zhang et al.'s greedy) at ``--macs`` (default 0.5), with ranks
+  threshold; ``zhang``: Zhang et al.'s greedy; ``--allocations``), for each ``--methods``
+  (``weights``, ``responses``; default weights) at ``--macs`` (default 0.5), with ranks
   exact and rounded to 8: the ranks, the MACs removed, ``sum(log(energy kept))`` (the
   objective Zhang et al. maximise) and the top-1 right after factorizing and after
   re-estimating BatchNorm statistics on 2,048 training images (adaptive BN, as the
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import time
@@ -96,10 +100,11 @@ def accuracy(args) -> dict:
     opts = {"energy": args.energy} if args.energy else {}
     opts["round_to"] = args.round_to
     opts["allocation"] = args.allocation
+    opts["method"] = args.method
     level = None if args.energy else args.macs
     tech.check(level, opts)
     before = model_stats(student, x)
-    rec = tech.apply(student, x, level, opts, print)
+    rec = tech.apply(student, _probe(tech, opts, train, pre), level, opts, print)
     after = model_stats(student, x)
     red = 1 - after["macs"] / before["macs"]
     print(
@@ -196,6 +201,15 @@ def accuracy(args) -> dict:
     return out
 
 
+def _probe(tech, opts: dict, train, pre) -> torch.Tensor:
+    """What compress_model passes to ``apply``: training images for method responses
+    (drawn with seed 0, TrainConfig's default), else one zero image."""
+    from edgekit.compress.driver import _training_batch
+
+    n = tech.calibration_images(opts)
+    return _training_batch(train, pre, n, 0) if n else torch.zeros(1, 3, 32, 32)
+
+
 def allocation(args) -> dict:
     """Compare the two rank allocations without fine-tuning (see the module doc)."""
     import math
@@ -220,30 +234,32 @@ def allocation(args) -> dict:
     out["top1_unfactorized"] = evaluate(base, test, pre)
     print(f"{args.model}: top-1 {out['top1_unfactorized']:.2f}% unfactorized "
           f"(first {n} test images)", flush=True)  # fmt: skip
-    for round_to in (1, 8):
-        for alloc in ("energy", "zhang"):
-            m = copy.deepcopy(base)
-            opts = {"allocation": alloc, "round_to": round_to}
-            rec = get_technique("lowrank").apply(m, x, args.macs, opts, lambda *_: None)
-            red = 1 - model_stats(m, x)["macs"] / macs0
-            top1_0 = evaluate(m, test, pre)
-            recalibrate_bn(m, ds.train, pre, seed=0)
-            top1_bn = evaluate(m, test, pre)
-            obj = sum(math.log(v) for v in rec["energy_kept"].values())
-            row = {
-                "allocation": alloc,
-                "round_to": round_to,
-                "macs_reduction": red,
-                "sum_log_energy_kept": obj,
-                "top1_after_factorize": top1_0,
-                "top1_after_adaptive_bn": top1_bn,
-                "ranks": rec["ranks"],
-                "full_ranks": rec["full_ranks"],
-            }
-            out["rows"].append(row)
-            print(f"{alloc:6s} round_to {round_to}: MACs -{red:.1%}, sum log energy "
-                  f"{obj:.3f}, top-1 {top1_0:.2f}% -> {top1_bn:.2f}% after adaptive BN; "
-                  f"ranks {list(rec['ranks'].values())}", flush=True)  # fmt: skip
+    tech = get_technique("lowrank")
+    for round_to, alloc, method in itertools.product((1, 8), args.allocations, args.methods):
+        m = copy.deepcopy(base)
+        opts = {"allocation": alloc, "round_to": round_to, "method": method}
+        probe = _probe(tech, opts, ds.train, pre)
+        rec = tech.apply(m, probe, args.macs, opts, lambda *_: None)
+        red = 1 - model_stats(m, x)["macs"] / macs0
+        top1_0 = evaluate(m, test, pre)
+        recalibrate_bn(m, ds.train, pre, seed=0)
+        top1_bn = evaluate(m, test, pre)
+        obj = sum(math.log(v) for v in rec["energy_kept"].values())
+        row = {
+            "method": method,
+            "allocation": alloc,
+            "round_to": round_to,
+            "macs_reduction": red,
+            "sum_log_energy_kept": obj,
+            "top1_after_factorize": top1_0,
+            "top1_after_adaptive_bn": top1_bn,
+            "ranks": rec["ranks"],
+            "full_ranks": rec["full_ranks"],
+        }
+        out["rows"].append(row)
+        print(f"{method:9s} {alloc:6s} round_to {round_to}: MACs -{red:.1%}, sum log energy "
+              f"{obj:.3f}, top-1 {top1_0:.2f}% -> {top1_bn:.2f}% after adaptive BN; "
+              f"ranks {list(rec['ranks'].values())}", flush=True)  # fmt: skip
     return out
 
 
@@ -262,6 +278,12 @@ def main() -> None:
         default="energy",
         help="rank allocation for --macs (zhang: Zhang et al.'s greedy on weight energy)",
     )
+    a.add_argument(
+        "--method",
+        choices=["weights", "responses"],
+        default="weights",
+        help="what the factorization reconstructs (responses: Zhang et al. 2015, data-driven)",
+    )
     a.add_argument("--epochs", type=int, default=8)
     a.add_argument("--train-subset", type=int, default=None, help="class-balanced images")
     a.add_argument("--threads", type=int, default=1)
@@ -275,6 +297,8 @@ def main() -> None:
     al.add_argument("--macs", type=float, default=0.5)
     al.add_argument("--test-images", type=int, default=None, help="first N (default all)")
     al.add_argument("--threads", type=int, default=1)
+    al.add_argument("--allocations", type=lambda t: t.split(","), default=["energy", "zhang"])
+    al.add_argument("--methods", type=lambda t: t.split(","), default=["weights"])
     s = sub.add_parser("speed")
     s.add_argument("--macs", type=float, default=0.5)
     s.add_argument("--round-to", type=int, default=8, help="rank multiple (1: exact ranks)")

@@ -1195,6 +1195,14 @@ def factorize_cmd(
             "all) or zhang (Zhang et al.'s greedy: least energy lost per MAC saved).",
         ),
     ] = "energy",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="What each factorization keeps: weights (SVD of the weights, data-free) "
+            "or responses (PCA of the layer's outputs on training images; Zhang et al.).",
+        ),
+    ] = "weights",
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = None,
@@ -1228,6 +1236,7 @@ def factorize_cmd(
         options["include_first"] = True
     options["round_to"] = round_to
     options["allocation"] = allocation
+    options["method"] = method
     _compress(
         "lowrank", macs, options, weights, out, dataset, data_dir, model, finetune_epochs,
         finetune_minutes, lr, recipe, distill, device, force,

@@ -36,7 +36,11 @@ class Technique(Protocol):
     def apply(
         self, model: nn.Module, example: torch.Tensor, level: float, options: dict, log
     ) -> dict:
-        """Compress ``model`` in place; ``example`` is a float32 [1, C, H, W] input.
+        """Compress ``model`` in place; ``example`` is a float32 [1, C, H, W] input, or
+        [B, C, H, W] preprocessed training images when the technique defines
+        ``calibration_images(options) -> B`` (an optional method: a technique that fits
+        on data, such as ``lowrank`` with ``method = "responses"``, asks for B images;
+        the driver draws them, un-augmented, from the training split).
 
         Returns:
             A JSON-able record of what was done (recorded in the checkpoint's

@@ -58,7 +58,9 @@ def compress_model(
     example = torch.zeros(1, 3, preprocess.height, preprocess.width)
     teacher = copy.deepcopy(model).eval() if distill else None
     before = model_stats(model, example)
-    record = tech.apply(model, example, level, options, log)
+    wanted = getattr(tech, "calibration_images", lambda _o: 0)(options)
+    probe = _training_batch(train_split, preprocess, wanted, train_cfg.seed) if wanted else example
+    record = tech.apply(model, probe, level, options, log)
     model.to(dev)
     n = recalibrate_bn(model, train_split, preprocess, seed=train_cfg.seed)
     if n:
@@ -82,6 +84,15 @@ def compress_model(
     after = model_stats(model, example)
     record = {"technique": technique, "level": level, **record, "before": before, "after": after}
     return record, history
+
+
+def _training_batch(split, preprocess, n: int, seed: int) -> torch.Tensor:
+    """``n`` training images (drawn with ``seed``, without augmentation), preprocessed:
+    float32 [n, C, H, W], for a technique that fits on data (its ``calibration_images``)."""
+    import numpy as np
+
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
+    return torch.from_numpy(preprocess.apply(split.x[idx]))
 
 
 def compress_checkpoint(
