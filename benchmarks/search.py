@@ -11,7 +11,9 @@ fine-tuned with KD for ``--finetune-epochs`` (default 1) on ``--train-subset`` (
 interleaved measurement against the unpruned model: the chosen model and every uniform
 trial that met the budget in the search, latency and top-1 on the full 10,000-image test
 set. The bar holds when the chosen model meets the budget on re-measurement and beats
-the best uniform trial under the same budget (same fine-tuning budget) on the test set.
+the best uniform trial under the same budget (same fine-tuning budget) on the test set
+(:func:`bar`: a chosen model that is itself a uniform trial does not count, and with no
+uniform trial under the budget there is nothing to beat; ``bar`` in the results).
 
 Writes ``--out`` (default ``benchmarks/results/search.json``) and a ``.md`` beside it;
 the searches live in ``--work`` (default ``benchmarks/work/search``, git-ignored). An
