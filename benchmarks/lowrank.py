@@ -15,8 +15,9 @@ Accuracy (real CIFAR-10 and the shared ResNet-20 in ../shared; about an hour on 
   all 10,000 test images before, right after factorizing, after adaptive BN and at the
   end. Quick check: ``--epochs 1 --train-subset 2000``. ``--allocation zhang`` chooses
   the ranks by Zhang et al.'s greedy instead of the global threshold (the lowrank option);
-  ``--method responses`` fits each factorization on the layer's responses to 256 training
-  images (Zhang et al. 2015's linear solution) instead of the weight SVD.
+  ``--method`` is ``responses`` by default (each factorization fit on the layer's responses
+  to 256 training images, Zhang et al. 2015's linear solution); ``--method weights`` takes
+  the SVD of the weights, as every run before the fifth session did.
 
 Rank allocation, no fine-tuning (minutes; ``--model resnet18`` for the shared ResNet-18)::
 
@@ -281,7 +282,7 @@ def main() -> None:
     a.add_argument(
         "--method",
         choices=["weights", "responses"],
-        default="weights",
+        default="responses",
         help="what the factorization reconstructs (responses: Zhang et al. 2015, data-driven)",
     )
     a.add_argument("--epochs", type=int, default=8)
@@ -306,6 +307,7 @@ def main() -> None:
     s.add_argument("--model", choices=["resnet20", "resnet18"], default="resnet20")
     s.add_argument("--min-duration", type=float, default=2.0, help="seconds per row per round")
     s.add_argument("--work", default="/tmp/edgekit-lowrank-speed")
+    s.add_argument("--checkpoint", default=None, help="time this factorized checkpoint")
     for p in (a, al, s):
         p.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -315,8 +317,11 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
 
-def _models(macs: float, model: str = "resnet20", round_to: int = 8):
+def _models(macs: float, model: str = "resnet20", round_to: int = 8, checkpoint=None):
     """The unpruned model, SVD at ``macs``, and channel pruning at about the same MACs.
+
+    With ``checkpoint`` (a factorized edgekit checkpoint, e.g. ``accuracy --save``'s) that
+    model is the SVD one, instead of factorizing with the default options here.
 
     ResNet-20: pruning.py's -50.1% model (channel ratios, round_to 1). ResNet-18 (the
     shared canonical one): a MACs target of ``macs`` with round_to 8 (pruning.py speed).
@@ -332,8 +337,14 @@ def _models(macs: float, model: str = "resnet20", round_to: int = 8):
     else:  # latency does not depend on the weights; the SVD ranks do (a little)
         base = build_model(model, 10).eval()
     x = torch.zeros(1, 3, 32, 32)
-    svd = copy.deepcopy(base)
-    rec = get_technique("lowrank").apply(svd, x, macs, {"round_to": round_to}, print)
+    if checkpoint:
+        svd, meta = load_model(None, checkpoint, None)
+        rec = meta.get("compression") or {}
+    else:
+        svd = copy.deepcopy(base)
+        rec = get_technique("lowrank").apply(
+            svd, x, macs, {"round_to": round_to, "method": "weights"}, print
+        )
     chan = copy.deepcopy(base)
     if model == "resnet20":
         pcfg = PruneConfig(
@@ -353,7 +364,7 @@ def speed(args) -> dict:
     from edgekit.harness import BenchConfig
 
     torch.set_num_threads(1)
-    models, stats, rec = _models(args.macs, args.model, args.round_to)
+    models, stats, rec = _models(args.macs, args.model, args.round_to, args.checkpoint)
     base = stats["unpruned"]["macs"]
     for k, st in stats.items():
         print(f"{k}: {st['macs'] / 1e6:.2f}M MACs (-{1 - st['macs'] / base:.1%}), "

@@ -50,8 +50,13 @@ TARGETS = {
     "ort-cpu-int8": ("ort-cpu-int8", {}),
     "ov-cpu-int8": ("ov-cpu-int8", {}),
     "ts-fx-int8": ("ts-fx-int8", {}),
-    # ort-cpu-int8 before issue 18: full-range 8-bit weights (relies on VNNI)
-    "ort-cpu-int8-pre18": ("ort-cpu-int8", {"reduce_range": False, "calib_per_class": 32}),
+    # ort-cpu-int8 before issue 18: full-range 8-bit weights (relies on VNNI), 3-channel stem
+    "ort-cpu-int8-pre18": (
+        "ort-cpu-int8",
+        {"reduce_range": False, "calib_per_class": 32, "pad_input_channels": False},
+    ),
+    # the same with the stem padded to 4 channels (the pad changes which weights MLAS pairs)
+    "ort-cpu-int8-pre18-pad": ("ort-cpu-int8", {"reduce_range": False, "calib_per_class": 32}),
 }
 
 

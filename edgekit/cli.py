@@ -1199,10 +1199,11 @@ def factorize_cmd(
         str,
         typer.Option(
             "--method",
-            help="What each factorization keeps: weights (SVD of the weights, data-free) "
-            "or responses (PCA of the layer's outputs on training images; Zhang et al.).",
+            help="What each factorization keeps: responses (the default: PCA of the "
+            "layer's outputs on 256 training images; Zhang et al.) or weights (SVD of the "
+            "weights, data-free).",
         ),
-    ] = "weights",
+    ] = "responses",
     dataset: DatasetOpt = "digits",
     data_dir: DataDirOpt = None,
     model: ModelOpt = None,

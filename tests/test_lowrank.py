@@ -21,6 +21,9 @@ from edgekit.layers import LowRankConv2d
 REPO = Path(__file__).resolve().parents[1]
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 EXAMPLE = torch.zeros(1, 3, 32, 32)
+#: the weight SVD: these tests probe the model with one zero image, and the default method
+#: (responses, tests/test_lowrank_responses.py) needs training images
+WEIGHTS = {"method": "weights"}
 
 
 def _resnet8():
@@ -56,7 +59,7 @@ def test_truncated_ranks_lower_the_macs_as_computed():
     tech = get_technique("lowrank")
     ranks = {"layer1.0.conv1": 4, "layer2.0.conv2": 8}
     before = _macs(m)
-    rec = tech.apply(m, EXAMPLE, None, {"ranks": ranks}, lambda *_: None)
+    rec = tech.apply(m, EXAMPLE, None, {**WEIGHTS, "ranks": ranks}, lambda *_: None)
     assert isinstance(m.get_submodule("layer1.0.conv1"), LowRankConv2d)
     # k x k conv of rank r then 1x1: r * (C*k*k + N) MACs per output position (32x32 in
     # stage 1, 16x16 in stage 2) instead of N*C*k*k
@@ -74,11 +77,13 @@ def test_ranks_are_rounded_to_multiples_of_8_by_default():
     and the level is still reached."""
     m = _resnet8()
     before = _macs(m)
-    rec = get_technique("lowrank").apply(m, EXAMPLE, 0.3, {}, lambda *_: None)
+    rec = get_technique("lowrank").apply(m, EXAMPLE, 0.3, WEIGHTS, lambda *_: None)
     assert rec["round_to"] == 8 and rec["ranks"]
     assert all(r % 8 == 0 or r == rec["full_ranks"][n] for n, r in rec["ranks"].items())
     assert 1 - _macs(m) / before >= 0.3
-    exact = get_technique("lowrank").apply(_resnet8(), EXAMPLE, 0.3, {"round_to": 1}, print)
+    exact = get_technique("lowrank").apply(
+        _resnet8(), EXAMPLE, 0.3, {**WEIGHTS, "round_to": 1}, print
+    )
     assert any(r % 8 for r in exact["ranks"].values())  # the rounding did something
     for bad in (0, -8, 2.5, True):
         with pytest.raises(EdgekitError, match="round_to"):
@@ -90,7 +95,7 @@ def test_the_level_search_reaches_the_asked_macs(level):
     m = _resnet8()
     before = _macs(m)
     opts = {"round_to": 1}  # exact ranks: the search can land close to the level
-    rec = get_technique("lowrank").apply(m, EXAMPLE, level, opts, lambda *_: None)
+    rec = get_technique("lowrank").apply(m, EXAMPLE, level, {**WEIGHTS, **opts}, lambda *_: None)
     cut = 1 - _macs(m) / before
     assert level <= cut < level + 0.05, cut
     assert 0 < rec["energy_threshold"] < 1
@@ -103,15 +108,17 @@ def test_an_unreachable_level_and_bad_ranks_are_refused_naming_the_layer():
     tech = get_technique("lowrank")
     m = _resnet8()
     with pytest.raises(EdgekitError, match="cannot be reached"):
-        tech.apply(copy.deepcopy(m), EXAMPLE, 0.99, {}, lambda *_: None)
+        tech.apply(copy.deepcopy(m), EXAMPLE, 0.99, WEIGHTS, lambda *_: None)
     with pytest.raises(
         EdgekitError, match=r"layer1.0.conv1 is outside the allowed range \[1, 16\]"
     ):
-        tech.apply(copy.deepcopy(m), EXAMPLE, None, {"ranks": {"layer1.0.conv1": 17}}, print)
+        tech.apply(
+            copy.deepcopy(m), EXAMPLE, None, {**WEIGHTS, "ranks": {"layer1.0.conv1": 17}}, print
+        )
     with pytest.raises(EdgekitError, match="cannot factorize layer 'conv1'.*first"):
-        tech.apply(copy.deepcopy(m), EXAMPLE, None, {"ranks": {"conv1": 2}}, print)
+        tech.apply(copy.deepcopy(m), EXAMPLE, None, {**WEIGHTS, "ranks": {"conv1": 2}}, print)
     with pytest.raises(EdgekitError, match="cannot factorize layer 'nope': no such layer"):
-        tech.apply(copy.deepcopy(m), EXAMPLE, None, {"ranks": {"nope": 2}}, print)
+        tech.apply(copy.deepcopy(m), EXAMPLE, None, {**WEIGHTS, "ranks": {"nope": 2}}, print)
     for level, opts, match in (
         (0.0, {}, "outside"),
         (1.0, {}, "outside"),
@@ -132,7 +139,7 @@ def test_a_factorized_checkpoint_round_trips_with_weights_only(tmp_path):
     from edgekit.models import load_model, read_checkpoint, save_checkpoint
 
     m = _resnet8()
-    get_technique("lowrank").apply(m, EXAMPLE, 0.4, {}, lambda *_: None)
+    get_technique("lowrank").apply(m, EXAMPLE, 0.4, WEIGHTS, lambda *_: None)
     path = save_checkpoint(tmp_path / "f.pt", m, "resnet8", 10)
     obj = torch.load(path, weights_only=True)
     entries = obj["structure"]
@@ -148,7 +155,9 @@ def test_a_hostile_lowrank_structure_entry_is_refused_before_allocation(tmp_path
     from edgekit.models import load_model, save_checkpoint
 
     m = _resnet8()
-    get_technique("lowrank").apply(m, EXAMPLE, None, {"ranks": {"layer1.0.conv1": 4}}, print)
+    get_technique("lowrank").apply(
+        m, EXAMPLE, None, {**WEIGHTS, "ranks": {"layer1.0.conv1": 4}}, print
+    )
     path = save_checkpoint(tmp_path / "f.pt", m, "resnet8", 10)
     obj = torch.load(path, weights_only=True)
     for entry, match in (
@@ -176,7 +185,7 @@ def test_a_factorized_model_exports_to_onnx_and_runs_in_onnxruntime(tmp_path):
     from edgekit.export import export_onnx
 
     m = _resnet8()
-    get_technique("lowrank").apply(m, EXAMPLE, 0.5, {}, lambda *_: None)
+    get_technique("lowrank").apply(m, EXAMPLE, 0.5, WEIGHTS, lambda *_: None)
     x = X.numpy()
     check = export_onnx(m, x, tmp_path / "m.onnx", exporter="torchscript", force=True)
     assert check.passed

@@ -41,7 +41,7 @@ def _two_layers(sigma_a, sigma_b, stride_b=1) -> nn.Sequential:
 
 
 def _apply(model, level, allocation, example=X8, **opts):
-    opts = {"allocation": allocation, "round_to": 1, **opts}
+    opts = {"allocation": allocation, "round_to": 1, "method": "weights", **opts}
     return get_technique("lowrank").apply(model, example, level, opts, lambda *_: None)
 
 
