@@ -54,3 +54,15 @@ class Technique(Protocol):
     def finalize(self, model: nn.Module) -> dict:
         """After fine-tuning: strip parametrizations in place; return measured facts
         (e.g. the sparsity reached) to add to the record."""
+
+
+def run_hooked(model: nn.Module, example: torch.Tensor, hooks: list) -> None:
+    """One forward pass of ``model`` on ``example`` without gradients, for the forward
+    hooks ``hooks`` (``torch.utils.hooks.RemovableHandle``) to observe; they are removed
+    afterwards, also when the pass raises."""
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()

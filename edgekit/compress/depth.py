@@ -32,6 +32,7 @@ import operator
 import torch
 from torch import nn
 
+from edgekit.compress.base import run_hooked
 from edgekit.errors import EdgekitError
 from edgekit.structure import set_module
 
@@ -120,12 +121,7 @@ def droppable_blocks(model: nn.Module, example: torch.Tensor) -> dict[str, list[
             )
 
         hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example, hooks)
     found = [n for n, m in model.named_modules() if shapes.get(n) and _adds_its_input(m)]
     # innermost: a container whose single block is droppable is that block
     found = [n for n in found if not any(o.startswith(f"{n}.") for o in found)]

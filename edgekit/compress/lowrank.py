@@ -91,6 +91,7 @@ import math
 import torch
 from torch import nn
 
+from edgekit.compress.base import run_hooked
 from edgekit.errors import EdgekitError
 from edgekit.layers import LowRankConv2d
 from edgekit.structure import set_module
@@ -141,8 +142,15 @@ def factorize_conv(conv: nn.Conv2d, rank: int, responses: Responses | None = Non
     if not 1 <= rank <= full:
         raise EdgekitError(f"rank {rank} is outside [1, {full}]")
     w = conv.weight.detach().to(torch.float64).reshape(n, c * kh * kw)
+    bias = conv.bias.detach().to(torch.float64) if conv.bias is not None else None
     if responses is not None:
-        return _factorize_on_responses(conv, rank, w, responses)
+        # the rank-r weight P P^T W, stored (below) as its own SVD with sqrt(S) on both
+        # factors, as the weights' SVD is: reduce = P^T W and expand = P compute the same,
+        # but with unbalanced factors (docs/compression.md)
+        p = responses.basis[:, :rank]  # [n, rank], orthonormal columns
+        w = p @ (p.T @ w)
+        if bias is not None:  # y_hat = mean + P P^T (y - mean)
+            bias = responses.mean - p @ (p.T @ (responses.mean - bias))
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     root = s[:rank].sqrt()
     new = LowRankConv2d(
@@ -160,40 +168,8 @@ def factorize_conv(conv: nn.Conv2d, rank: int, responses: Responses | None = Non
     with torch.no_grad():
         new.reduce.weight.copy_((root[:, None] * vh[:rank]).reshape(rank, c, kh, kw).to(dtype))
         new.expand.weight.copy_((u[:, :rank] * root).reshape(n, rank, 1, 1).to(dtype))
-        if conv.bias is not None:
-            new.expand.bias.copy_(conv.bias.detach())
-    return new.to(conv.weight.device).train(conv.training)
-
-
-def _factorize_on_responses(
-    conv: nn.Conv2d, rank: int, w: torch.Tensor, r: Responses
-) -> LowRankConv2d:
-    n, c = conv.out_channels, conv.in_channels
-    kh, kw = conv.kernel_size
-    p = r.basis[:, :rank]  # [n, rank], orthonormal columns
-    new = LowRankConv2d(
-        c,
-        n,
-        rank,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.bias is not None,
-        conv.padding_mode,
-    )
-    # the rank-r weight P P^T W, stored as its own SVD with sqrt(S) on both factors, as
-    # method "weights" stores W's: reduce = P^T W and expand = P compute the same, but
-    # with unbalanced factors (docs/compression.md)
-    u, s, vh = torch.linalg.svd(p @ (p.T @ w), full_matrices=False)
-    root = s[:rank].sqrt()
-    dtype = conv.weight.dtype
-    with torch.no_grad():
-        new.reduce.weight.copy_((root[:, None] * vh[:rank]).reshape(rank, c, kh, kw).to(dtype))
-        new.expand.weight.copy_((u[:, :rank] * root).reshape(n, rank, 1, 1).to(dtype))
-        if conv.bias is not None:  # y_hat = mean + P P^T (y - mean)
-            b = conv.bias.detach().to(torch.float64)
-            new.expand.bias.copy_((r.mean - p @ (p.T @ (r.mean - b))).to(dtype))
+        if bias is not None:
+            new.expand.bias.copy_(bias.to(dtype))
     return new.to(conv.weight.device).train(conv.training)
 
 
@@ -253,12 +229,7 @@ def _following_bn(model: nn.Module, example: torch.Tensor, convs: dict) -> dict[
         for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm)
     ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example, hooks)
     return found
 
 
