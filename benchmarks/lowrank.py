@@ -203,12 +203,10 @@ def accuracy(args) -> dict:
 
 
 def _probe(tech, opts: dict, train, pre) -> torch.Tensor:
-    """What compress_model passes to ``apply``: training images for method responses
-    (drawn with seed 0, TrainConfig's default), else one zero image."""
-    from edgekit.compress.driver import _training_batch
+    """What compress_model passes to ``apply`` (seed 0, TrainConfig's default)."""
+    from edgekit.compress.driver import technique_input
 
-    n = tech.calibration_images(opts)
-    return _training_batch(train, pre, n, 0) if n else torch.zeros(1, 3, 32, 32)
+    return technique_input(tech, opts, train, pre, 0)
 
 
 def allocation(args) -> dict:

@@ -61,11 +61,11 @@ TARGETS = {
 
 
 def process_isa() -> dict:
-    """What this process's CPUID says (numpy's runtime dispatch), not /proc/cpuinfo."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as f
-    except ImportError:  # numpy < 2
-        from numpy.core._multiarray_umath import __cpu_features__ as f
+    """What this process's CPUID says (:func:`edgekit.harness.cpuid_features`), not
+    /proc/cpuinfo."""
+    from edgekit.harness import cpuid_features
+
+    f = cpuid_features() or {}
     return {
         "avx2": bool(f.get("AVX2")),
         "avx512": bool(f.get("AVX512F")),

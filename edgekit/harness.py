@@ -390,12 +390,16 @@ def check_test_split(manifest: dict, test, where: str) -> None:
         )
 
 
+#: ``platform.machine()`` names of x86 CPUs (lower case)
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
 def cpuid_features() -> dict[str, bool] | None:
     """x86 features as this process's CPUID and OS report them (numpy's runtime CPU
     dispatch, which reads CPUID and XGETBV as ONNX Runtime's MLAS does), e.g.
     ``{"AVX2": True, "AVX512F": False, "AVX512VNNI": False, ...}``; None off x86 or when
     numpy does not expose them."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+    if platform.machine().lower() not in X86:
         return None
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as f

@@ -108,7 +108,7 @@ def test_on_the_shared_resnet20_responses_beat_the_weight_svd(cifar10, resnet20_
     but after adaptive BN, on the first 2,000 test images. Measured on all 10,000
     (benchmarks/lowrank.py allocation): 77.0% with responses against 65.1% with the
     weight SVD; the margin asserted here is under half that gap."""
-    from edgekit.compress.driver import _training_batch
+    from edgekit.compress.driver import technique_input
     from edgekit.data import Split
     from edgekit.models import load_model, model_normalization
     from edgekit.preprocess import resolve_preprocess
@@ -124,8 +124,7 @@ def test_on_the_shared_resnet20_responses_beat_the_weight_svd(cifar10, resnet20_
     for method in ("weights", "responses"):
         m = copy.deepcopy(base)
         opts = {"method": method, "round_to": 1}
-        n = tech.calibration_images(opts)
-        probe = _training_batch(cifar10.train, pre, n, 0) if n else torch.zeros(1, 3, 32, 32)
+        probe = technique_input(tech, opts, cifar10.train, pre, 0)
         rec = tech.apply(m, probe, 0.5, opts, lambda *_: None)
         assert rec["method"] == method and rec["macs_reduction"] >= 0.5
         recalibrate_bn(m, cifar10.train, pre, images=1024, seed=0)

@@ -58,8 +58,7 @@ def compress_model(
     example = torch.zeros(1, 3, preprocess.height, preprocess.width)
     teacher = copy.deepcopy(model).eval() if distill else None
     before = model_stats(model, example)
-    wanted = getattr(tech, "calibration_images", lambda _o: 0)(options)
-    probe = _training_batch(train_split, preprocess, wanted, train_cfg.seed) if wanted else example
+    probe = technique_input(tech, options, train_split, preprocess, train_cfg.seed)
     record = tech.apply(model, probe, level, options, log)
     model.to(dev)
     n = recalibrate_bn(model, train_split, preprocess, seed=train_cfg.seed)
@@ -86,11 +85,16 @@ def compress_model(
     return record, history
 
 
-def _training_batch(split, preprocess, n: int, seed: int) -> torch.Tensor:
-    """``n`` training images (drawn with ``seed``, without augmentation), preprocessed:
-    float32 [n, C, H, W], for a technique that fits on data (its ``calibration_images``)."""
+def technique_input(tech, options: dict, split, preprocess, seed: int = 0) -> torch.Tensor:
+    """What :func:`compress_model` passes to ``tech.apply`` as ``example``: float32
+    [1, C, H, W] zeros, or, when the technique asks for ``calibration_images(options)`` = n
+    > 0, n training images from ``split`` (drawn with ``seed``, un-augmented, at most the
+    split's size) preprocessed to float32 [n, C, H, W]."""
     import numpy as np
 
+    n = getattr(tech, "calibration_images", lambda _o: 0)(options)
+    if not n:
+        return torch.zeros(1, 3, preprocess.height, preprocess.width)
     idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
     return torch.from_numpy(preprocess.apply(split.x[idx]))
 
