@@ -56,13 +56,18 @@ class Technique(Protocol):
         (e.g. the sparsity reached) to add to the record."""
 
 
-def run_hooked(model: nn.Module, example: torch.Tensor, hooks: list) -> None:
-    """One forward pass of ``model`` on ``example`` without gradients, for the forward
-    hooks ``hooks`` (``torch.utils.hooks.RemovableHandle``) to observe; they are removed
-    afterwards, also when the pass raises."""
+def run_hooked(
+    model: nn.Module, example: torch.Tensor, hooks: list, batch: int | None = None
+) -> None:
+    """Forward ``example`` through ``model`` without gradients (in slices of ``batch``
+    along dim 0 when given), for the forward hooks ``hooks``
+    (``torch.utils.hooks.RemovableHandle``) to observe; they are removed afterwards, also
+    when a pass raises."""
+    step = batch or max(1, len(example))
     try:
         with torch.no_grad():
-            model(example)
+            for i in range(0, len(example), step):
+                model(example[i : i + step])
     finally:
         for h in hooks:
             h.remove()

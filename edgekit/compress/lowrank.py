@@ -257,12 +257,8 @@ def response_statistics(
         m.register_forward_hook(lambda m_, i, o, n=n: hook(m_, i, o, n)) for n, m in convs.items()
     ]
     try:
-        with torch.no_grad():
-            for i in range(0, len(images), batch):
-                model(images[i : i + batch])
+        run_hooked(model, images, hooks, batch)
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was)
     out = {}
     for n, conv in convs.items():
@@ -415,11 +411,7 @@ def _convs(
             h.remove()
         model.train(was)
     stats = response_statistics(model, example, names) if responses else {}
-    return {
-        n: _Layer(n, m, positions[n], stats.get(n) if responses else None)
-        for n, m in names.items()
-        if n in positions
-    }
+    return {n: _Layer(n, m, positions[n], stats.get(n)) for n, m in names.items() if n in positions}
 
 
 class LowRank:
@@ -430,11 +422,12 @@ class LowRank:
 
     def check(self, level, options: dict) -> None:
         known = {"energy", "ranks", "include_first", "round_to", "allocation", "method"}
-        unknown = set(options) - known - {"response_images"}
+        known.add("response_images")
+        unknown = set(options) - known
         if unknown:
             raise EdgekitError(
                 f"unknown lowrank option(s): {', '.join(sorted(unknown))}",
-                "options are " + ", ".join(sorted(known | {"response_images"})),
+                "options are " + ", ".join(sorted(known)),
             )
         method = options.get("method", METHODS[0])
         if method not in METHODS:
